@@ -1,0 +1,277 @@
+"""`fastslow extract`: media files -> feature rows in the Parquet store.
+
+discover -> skip what is stored -> reuse features of renamed files -> decode in isolated
+workers -> backbone in batches -> append parts. Rows are appended every few seconds, so an
+interrupted run (even `kill -9`) loses at most the last chunk, and rerunning completes the
+set with no duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastslow_cli.decode_worker import DecodePool, DecodeResult
+from fastslow_cli.features import Backbone, load_backbone
+from fastslow_cli.media import MediaFile, find_media
+from fastslow_cli.store import FeatureRow, FeatureStore, StoreEntry
+from fastslow_cli.workspace import Workspace
+
+FLUSH_SECONDS = 20.0
+FLUSH_ITEMS = 256
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    set_name: str = "default"
+    backbone: str = "pixels"
+    frames: int = 8
+    size: int | None = None
+    batch_size: int = 64
+    decoder: str = "auto"
+    workers: int = 2
+    timeout: float = 120.0
+    device: str = "auto"
+    flush_items: int = FLUSH_ITEMS  # rows per appended part at most (also flushed every FLUSH_SECONDS)
+
+
+@dataclass
+class ExtractSummary:
+    set_name: str
+    found: int = 0
+    extracted: int = 0
+    reused: int = 0
+    skipped_existing: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    store_dir: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "set": self.set_name,
+            "found": self.found,
+            "extracted": self.extracted,
+            "reused": self.reused,
+            "skipped_existing": self.skipped_existing,
+            "failed": len(self.failed),
+            "failures": self.failed,
+            "seconds": round(self.seconds, 3),
+            "store": self.store_dir,
+        }
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def file_hash(path: Path) -> str:
+    """blake2b-128 of the file bytes: lets a renamed or touched file reuse its features."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Plan:
+    unchanged: list[MediaFile]
+    reusable: list[tuple[MediaFile, str, StoreEntry]]  # (item, its hash, stored row with that hash)
+    todo: list[MediaFile]
+    hashes: dict[str, str]  # item id -> content hash, for the items to decode
+
+
+def plan(items: Sequence[MediaFile], entries: dict[str, StoreEntry]) -> Plan:
+    """Split found items: unchanged (same id, size and mtime), reusable (same content hash
+    as a stored row: a renamed or touched file) and to decode (everything else)."""
+    by_hash: dict[str, StoreEntry] = {}
+    for entry in entries.values():
+        by_hash.setdefault(entry.content_hash, entry)
+    unchanged: list[MediaFile] = []
+    reusable: list[tuple[MediaFile, str, StoreEntry]] = []
+    todo: list[MediaFile] = []
+    hashes: dict[str, str] = {}
+    for item in items:
+        stored = entries.get(item.id)
+        if stored is not None and stored.size == item.size and stored.mtime_ns == item.mtime_ns:
+            unchanged.append(item)
+            continue
+        try:
+            digest = file_hash(item.path)
+        except OSError:
+            todo.append(item)  # the decoder will report why it cannot read it
+            continue
+        source = by_hash.get(digest)
+        if source is not None and source.kind == item.kind:
+            reusable.append((item, digest, source))
+        else:
+            todo.append(item)
+            hashes[item.id] = digest
+    return Plan(unchanged, reusable, todo, hashes)
+
+
+def _featurise(results: Sequence[DecodeResult], backbone: Backbone, hashes: dict[str, str]) -> list[FeatureRow]:
+    """Run the backbone on the frames of several decoded items at once."""
+    frames = np.concatenate([r.decoded.frames for r in results], axis=0)
+    levels = backbone(frames)
+    rows: list[FeatureRow] = []
+    start = 0
+    for r in results:
+        t = r.decoded.frames.shape[0]
+        item = r.item
+        rows.append(
+            FeatureRow(
+                id=item.id,
+                path=str(item.path),
+                kind=item.kind,
+                frames=t,
+                timestamps=[float(x) for x in r.decoded.timestamps],
+                size=item.size,
+                mtime_ns=item.mtime_ns,
+                content_hash=hashes.get(item.id, ""),
+                levels=[lv[start : start + t] for lv in levels],
+            )
+        )
+        start += t
+    return rows
+
+
+def _batches(results: Iterator[DecodeResult], frames_per_batch: int) -> Iterator[list[DecodeResult]]:
+    """Group decoded items so one backbone call sees about `frames_per_batch` frames.
+
+    Failed results are yielded alone so they are recorded at once.
+    """
+    batch: list[DecodeResult] = []
+    count = 0
+    for r in results:
+        if r.decoded is None:
+            yield [r]
+            continue
+        batch.append(r)
+        count += r.decoded.frames.shape[0]
+        if count >= frames_per_batch:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
+
+
+def run_extract(
+    paths: Sequence[str],
+    workspace: Workspace,
+    options: ExtractOptions,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract features for every media file under `paths` into the feature set.
+
+    The whole run holds the set's writer lock: a second extract into the same set fails
+    at once with a clear message instead of interleaving parts.
+    """
+    started = time.perf_counter()
+    items = find_media([Path(p) for p in paths])
+    backbone = load_backbone(options.backbone, size=options.size, device=options.device)
+    store = FeatureStore(workspace.features_dir(options.set_name))
+    summary = ExtractSummary(set_name=options.set_name, found=len(items), store_dir=str(store.directory))
+    with store.lock():
+        store.ensure(backbone.spec(), backbone.level_shapes(), options.frames)
+        work = plan(items, store.entries())
+        summary.skipped_existing = len(work.unchanged)
+        if work.reusable:
+            store.append(_reused_rows(store, work.reusable))
+            summary.reused = len(work.reusable)
+        if work.todo:
+            _decode_and_store(work, store, backbone, options, summary, progress)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _reused_rows(store: FeatureStore, reusable: Sequence[tuple[MediaFile, str, StoreEntry]]) -> list[FeatureRow]:
+    """Copy the stored features of renamed or touched files under their new id."""
+    table = store.load([src.id for _, _, src in reusable])
+    rows = []
+    for i, (item, digest, _) in enumerate(reusable):
+        t = int(table.frames[i])
+        rows.append(
+            FeatureRow(
+                id=item.id,
+                path=str(item.path),
+                kind=item.kind,
+                frames=t,
+                timestamps=list(table.timestamps[i]),
+                size=item.size,
+                mtime_ns=item.mtime_ns,
+                content_hash=digest,
+                levels=[lv[i, :t] for lv in table.levels],
+            )
+        )
+    return rows
+
+
+def _decode_and_store(
+    work: Plan,
+    store: FeatureStore,
+    backbone: Backbone,
+    options: ExtractOptions,
+    summary: ExtractSummary,
+    progress: bool,
+) -> None:
+    """Decode in isolated workers, featurise in batches, append a part every few seconds."""
+    from rich.text import Text
+
+    from fastslow_cli.console import RateColumn, err_console, make_progress
+
+    pending: list[FeatureRow] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal pending, last_flush
+        if pending:
+            store.append(pending)
+            summary.extracted += len(pending)
+            pending = []
+        last_flush = time.monotonic()
+
+    bar = make_progress(RateColumn("items")) if progress else None
+    try:
+        if bar is not None:
+            bar.start()
+            task = bar.add_task(f"extract {options.set_name}", total=len(work.todo))
+        with DecodePool(
+            size=backbone.input_size,
+            frames=options.frames,
+            decoder=options.decoder,
+            workers=options.workers,
+            timeout=options.timeout,
+        ) as pool:
+            for group in _batches(pool.imap(work.todo), options.batch_size):
+                if group[0].decoded is None:
+                    r = group[0]
+                    reason = r.error or "unknown decoding error"
+                    store.record_error(r.item.id, str(r.item.path), reason, r.attempts)
+                    summary.failed.append({"id": r.item.id, "path": str(r.item.path), "reason": reason})
+                    if bar is not None:
+                        bar.console.print(Text.assemble(("skipped ", "yellow"), f"{r.item.path}: {reason}"), soft_wrap=True)
+                else:
+                    for r in group:
+                        if r.decoded.warning and bar is not None:
+                            bar.console.print(Text.assemble(("warning ", "yellow"), f"{r.item.path}: {r.decoded.warning}"), soft_wrap=True)
+                    pending.extend(_featurise(group, backbone, work.hashes))
+                    if len(pending) >= options.flush_items or time.monotonic() - last_flush > FLUSH_SECONDS:
+                        flush()
+                if bar is not None:
+                    bar.advance(task, len(group))
+        flush()
+    except BaseException:
+        try:
+            flush()  # keep what was done before the interruption or failure
+        except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+            err_console.print(f"could not save the last rows: {exc}", markup=False, highlight=False)
+        raise
+    finally:
+        if bar is not None:
+            bar.stop()

@@ -1,0 +1,35 @@
+"""Torch set-up shared by every command that runs a model: threads and device.
+
+Imported lazily (it imports torch), never by the CLI module itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fastslow_cli.errors import UsageError
+
+
+def cpu_count() -> int:
+    """Cores this process may use (respects affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def setup_torch(device: str | None = None) -> torch.device:
+    """Use every core for intra-op work and pick the device: `auto` means CUDA if present."""
+    torch.set_num_threads(cpu_count())
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu")
+    return dev

@@ -1,0 +1,209 @@
+"""Shared fixtures: real media made with Pillow and PyAV, broken inputs, a temp workspace.
+
+Session-scoped fixtures are generated once per run; tests must not modify their files
+(copy them to `tmp_path` first when a test needs to change something).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+CLIP_FRAMES = 24
+CLIP_FPS = 12
+CLIP_SIZE = 64
+EXIF_ORIENTATION = 0x0112
+
+
+def clip_level(i: int, frames: int) -> int:
+    """Grey level of frame `i` of a `make_clip` clip: it encodes the frame index."""
+    return round(16 + 220 * i / max(frames - 1, 1))
+
+
+def _write_clip(path: Path, frames: int, size: int, fps: int, faststart: bool = False) -> Path:
+    """H.264 clip: frame i is uniform grey `clip_level(i)` with a black 8x8 square moving
+    left to right along the bottom rows (rows size-12..size-4)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(frames):
+            pixels = np.full((size, size, 3), clip_level(i, frames), np.uint8)
+            x = round((size - 8) * i / max(frames - 1, 1))
+            pixels[size - 12 : size - 4, x : x + 8] = 0
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _write_noise_clip(path: Path, frames: int, size: int, fps: int) -> Path:
+    """A faststart clip of random frames: large packets, so a cut lands mid-stream."""
+    rng = np.random.default_rng(1)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _save_image(path: Path, pixels: np.ndarray, **save_args: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **save_args)
+    return path
+
+
+def _halves(height: int, width: int, first: tuple[int, int, int], second: tuple[int, int, int]) -> np.ndarray:
+    """Left half `first`, right half `second`."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = first
+    pixels[:, width // 2 :] = second
+    return pixels
+
+
+@pytest.fixture(scope="session")
+def make_clip() -> Callable[..., Path]:
+    """make_clip(path, frames=24, size=64, fps=12, faststart=False) writes a real H.264 MP4."""
+
+    def make(path: Path, frames: int = CLIP_FRAMES, size: int = CLIP_SIZE, fps: int = CLIP_FPS,
+             faststart: bool = False) -> Path:
+        return _write_clip(Path(path), frames, size, fps, faststart)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def frame_level() -> Callable[[int, int], int]:
+    """frame_level(i, frames): the grey level encoded in frame i of a `make_clip` clip."""
+    return clip_level
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with `good/` (see good_media, plus a hidden folder and a .txt to be ignored)
+    and `broken/` (see broken_media)."""
+    root = tmp_path_factory.mktemp("media")
+    good, broken = root / "good", root / "broken"
+
+    _save_image(good / "red.png", np.full((40, 30, 3), (220, 20, 20), np.uint8))
+    _save_image(good / "photo.jpg", _halves(48, 64, (20, 200, 20), (20, 20, 200)), quality=95)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+    _save_image(good / "rotated.jpg", _halves(32, 48, (230, 20, 20), (20, 20, 230)), quality=95, exif=exif)
+    gif_first = Image.fromarray(np.full((16, 16, 3), (0, 255, 0), np.uint8)).convert("P")
+    gif_second = Image.fromarray(np.full((16, 16, 3), (255, 0, 255), np.uint8)).convert("P")
+    gif_first.save(good / "anim.gif", save_all=True, append_images=[gif_second], duration=100, loop=0)
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[:, :10] = (0, 0, 255, 255)  # left half opaque blue, right half fully transparent
+    _save_image(good / "alpha.png", rgba)
+    _save_image(good / "sub" / "deeper" / "nested.jpg", np.full((24, 24, 3), 128, np.uint8))
+    _write_clip(good / "clip.mp4", CLIP_FRAMES, CLIP_SIZE, CLIP_FPS)
+    _write_clip(good / "short.mp4", 3, CLIP_SIZE, CLIP_FPS)
+    _write_clip(good / "café clip ü.mp4", 6, CLIP_SIZE, CLIP_FPS)
+    _write_clip(good / "sub" / "clip.mkv", 12, CLIP_SIZE, CLIP_FPS)
+    _save_image(good / ".hidden" / "ignored.jpg", np.zeros((8, 8, 3), np.uint8))
+    (good / "notes.txt").write_text("not media\n")
+
+    broken.mkdir()
+    (broken / "empty.mp4").write_bytes(b"")
+    data = (good / "clip.mp4").read_bytes()  # moov atom at the end: half a file cannot open
+    (broken / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (broken / "text.mp4").write_text("this is a text file, not a video\n" * 20)
+    (broken / "fake.png").write_text("not a PNG at all\n")
+    jpeg = (good / "photo.jpg").read_bytes()
+    (broken / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    # Intact container, but every H.264 sample zeroed: opens, yet no frame decodes.
+    mdat = data.find(b"mdat")
+    box = int.from_bytes(data[mdat - 4 : mdat], "big")
+    zeroed = bytearray(data)
+    zeroed[mdat + 4 : mdat - 4 + box] = bytes(box - 8)
+    (broken / "no_frames.mp4").write_bytes(bytes(zeroed))
+    return root
+
+
+@pytest.fixture(scope="session")
+def good_media(media_dir: Path) -> dict[str, Path]:
+    """name -> path of each decodable file: png, jpeg, exif_jpeg (orientation 6: stored
+    left red / right blue, displayed top red / bottom blue), gif (frame 0 green, frame 1
+    magenta), alpha_png (left blue, right transparent), nested_jpeg, clip (24 frames @ 12
+    fps, 64x64), short_clip (3 frames), unicode_clip ("café clip ü.mp4", 6 frames), mkv_clip
+    (12 frames)."""
+    good = media_dir / "good"
+    return {
+        "png": good / "red.png",
+        "jpeg": good / "photo.jpg",
+        "exif_jpeg": good / "rotated.jpg",
+        "gif": good / "anim.gif",
+        "alpha_png": good / "alpha.png",
+        "nested_jpeg": good / "sub" / "deeper" / "nested.jpg",
+        "clip": good / "clip.mp4",
+        "short_clip": good / "short.mp4",
+        "unicode_clip": good / "café clip ü.mp4",
+        "mkv_clip": good / "sub" / "clip.mkv",
+    }
+
+
+@pytest.fixture(scope="session")
+def broken_media(media_dir: Path) -> dict[str, Path]:
+    """name -> path of each file no decoder can read: empty (0 bytes), truncated (first
+    half of an MP4), text_as_mp4, fake_png, truncated_jpeg, no_frames (zeroed samples)."""
+    broken = media_dir / "broken"
+    return {
+        "empty": broken / "empty.mp4",
+        "truncated": broken / "truncated.mp4",
+        "text_as_mp4": broken / "text.mp4",
+        "fake_png": broken / "fake.png",
+        "truncated_jpeg": broken / "truncated.jpg",
+        "no_frames": broken / "no_frames.mp4",
+    }
+
+
+@pytest.fixture(scope="session")
+def damaged_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """First half of a faststart MP4 (24 noise frames, 64x64): decord fails on it, PyAV
+    recovers the frames before the cut."""
+    folder = tmp_path_factory.mktemp("damaged")
+    full = _write_noise_clip(folder / "full.mp4", CLIP_FRAMES, CLIP_SIZE, CLIP_FPS)
+    data = full.read_bytes()
+    cut = folder / "damaged.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    full.unlink()
+    return cut
+
+
+@pytest.fixture
+def unreadable_file(tmp_path: Path) -> Path:
+    """A valid JPEG with mode 000. Root ignores file modes: as root, check it from a
+    process without capabilities (e.g. `setpriv --inh-caps=-all --bounding-set=-all`)."""
+    path = _save_image(tmp_path / "locked.jpg", np.full((16, 16, 3), 90, np.uint8))
+    path.chmod(0)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty temp folder set as FASTSLOW_WORKSPACE for the test."""
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    monkeypatch.setenv("FASTSLOW_WORKSPACE", os.fspath(ws))
+    return ws

@@ -1,0 +1,96 @@
+"""The CLI layer: light imports, version, usage errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastslow_cli import __version__
+
+HEAVY = ("torch", "transformers", "pyarrow", "numpy")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fastslow_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=300,
+    )
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = (
+        "import sys\n"
+        "from fastslow_cli.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "extract" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("sub", [["extract", "--help"], ["train", "--help"], ["search", "--help"], ["index", "--help"]])
+def test_subcommand_help_is_light(sub: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from fastslow_cli.cli import app\n"
+        "try:\n"
+        f"    app({sub!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_version() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"fastslow {__version__}"
+
+
+def test_unknown_option_is_usage_error() -> None:
+    out = run_cli("extract", "--no-such-option", "x")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_path_is_one_line_error(tmp_path) -> None:
+    missing = tmp_path / "nope"
+    out = run_cli("extract", str(missing), "-w", str(tmp_path / "ws"), "--json")
+    assert out.returncode in (1, 2)
+    assert "Traceback" not in out.stderr
+    assert str(missing) in out.stderr
+    assert out.stdout == ""
+
+
+def test_bad_workspace_is_usage_error(tmp_path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    out = run_cli("extract", str(tmp_path), "-w", str(afile))
+    assert out.returncode == 2
+    assert "workspace" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_json_mode_keeps_stdout_clean(tmp_path, monkeypatch) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = run_cli("extract", str(empty), "-w", str(tmp_path / "ws"), "--json")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["extracted"] == 0 and summary["failed"] == 0

@@ -1,0 +1,169 @@
+"""`extract` end to end: good files land, bad ones are reported, runs resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fastslow_cli.extract import ExtractOptions, run_extract
+from fastslow_cli.store import FeatureStore
+from fastslow_cli.workspace import Workspace
+
+
+def _extract(paths: list[Path], ws: Path, **kw: object):
+    return run_extract([str(p) for p in paths], Workspace(ws), ExtractOptions(**kw), progress=False)
+
+
+def test_good_files_land_bad_ones_reported(media_dir: Path, good_media: dict, broken_media: dict, tmp_path: Path) -> None:
+    summary = _extract([media_dir], tmp_path / "ws", frames=4)
+    store = FeatureStore(tmp_path / "ws" / "features" / "default")
+    entries = store.entries()
+    good_ids = {p.relative_to(media_dir).as_posix() for p in good_media.values()}
+    bad_ids = {p.relative_to(media_dir).as_posix() for p in broken_media.values()}
+    assert good_ids <= set(entries)
+    assert not bad_ids & set(entries)
+    assert {f["id"] for f in summary.failed} == bad_ids
+    assert summary.extracted == len(entries)
+    logged = {e["id"] for e in store.errors()}
+    assert logged == bad_ids
+    assert all(e["reason"] for e in store.errors())
+    table = store.load()
+    for i, kind in enumerate(table.kinds):
+        assert table.frames[i] == (1 if kind == "image" else min(4, table.frames[i]))
+        assert np.isfinite(table.levels[0][i, : table.frames[i]].astype(np.float32)).all()
+
+
+def test_rerun_skips_and_rename_reuses(tmp_path: Path, make_clip, good_media: dict) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(good_media["png"], src / "a.png")
+    make_clip(src / "clip.mp4")
+    ws = tmp_path / "ws"
+    first = _extract([src], ws)
+    assert (first.extracted, first.skipped_existing) == (2, 0)
+    second = _extract([src], ws)
+    assert (second.extracted, second.skipped_existing, second.reused) == (0, 2, 0)
+    (src / "clip.mp4").rename(src / "moved.mp4")
+    third = _extract([src], ws)
+    assert (third.extracted, third.reused, third.skipped_existing) == (0, 1, 1)
+    store = FeatureStore(ws / "features" / "default")
+    table = store.load(["clip.mp4", "moved.mp4"])
+    for level in table.levels:
+        assert np.array_equal(level[0], level[1])
+
+
+def test_changed_file_is_extracted_again(tmp_path: Path, good_media: dict) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(good_media["png"], src / "x.png")
+    ws = tmp_path / "ws"
+    _extract([src], ws)
+    before = FeatureStore(ws / "features" / "default").load(["x.png"]).levels[0].copy()
+    shutil.copy(good_media["jpeg"], src / "x.png")  # new content, same name
+    os.utime(src / "x.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+    summary = _extract([src], ws)
+    assert summary.extracted == 1
+    after = FeatureStore(ws / "features" / "default").load(["x.png"]).levels[0]
+    assert not np.array_equal(before, after)
+    assert len(FeatureStore(ws / "features" / "default").entries()) == 1
+
+
+def test_incompatible_options_refused(tmp_path: Path, good_media: dict) -> None:
+    from fastslow_cli.errors import FastslowError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(good_media["png"], src / "a.png")
+    _extract([src], tmp_path / "ws")
+    with pytest.raises(FastslowError, match="--set"):
+        _extract([src], tmp_path / "ws", size=32)
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from fastslow_cli.extract import ExtractOptions, run_extract
+from fastslow_cli.workspace import Workspace
+run_extract([sys.argv[1]], Workspace(Path(sys.argv[2])), ExtractOptions(flush_items=5, workers=1), progress=False)
+"""
+
+
+def test_resume_after_kill_9(tmp_path: Path, good_media: dict, make_clip) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        make_clip(src / f"clip{i:02d}.mp4", frames=10 + i)  # distinct content: no reuse by hash
+    ws = tmp_path / "ws"
+    store_dir = ws / "features" / "default"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(src), str(ws)])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(store_dir.glob("part-*.parquet")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(FeatureStore(store_dir).entries()) if list(store_dir.glob("part-*.parquet")) else 0
+    assert 0 < partial < 30, "the kill should land mid-run"
+    summary = _extract([src], ws)
+    assert summary.skipped_existing == partial
+    assert summary.extracted == 30 - partial
+    ids = [
+        i
+        for part in sorted(store_dir.glob("part-*.parquet"))
+        for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()
+    ]
+    assert len(ids) == len(set(ids)) == 30  # no duplicates, nothing lost
+
+
+def test_decoder_crash_costs_one_file(tmp_path: Path, good_media: dict, monkeypatch) -> None:
+    """A decoder that kills its process on one file: the run goes on and stores the rest."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(good_media["png"], src / f"{name}.png")
+    Path(src / "crash.png").write_bytes((src / "a.png").read_bytes() + b"!")  # distinct content
+    import fastslow_cli.extract as extract_mod
+
+    real_pool = extract_mod.DecodePool
+
+    def crashing_pool(**kw):
+        return real_pool(decode_fn=_crash_on_name, **kw)
+
+    monkeypatch.setattr(extract_mod, "DecodePool", crashing_pool)
+    summary = _extract([src], tmp_path / "ws")
+    assert summary.extracted == 3
+    assert [f["id"] for f in summary.failed] == ["crash.png"]
+    assert "crash" in summary.failed[0]["reason"].lower()
+
+
+def _crash_on_name(item, size, frames, decoder):
+    from fastslow_cli.media import decode
+
+    if "crash" in item.path.name:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return decode(item, size, frames, decoder)
+
+
+def test_cli_extract_json_and_exit_codes(tmp_path: Path, good_media: dict, broken_media: dict) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(good_media["png"], src / "ok.png")
+    env = {**os.environ, "FASTSLOW_WORKSPACE": str(tmp_path / "ws")}
+    ok = subprocess.run([sys.executable, "-m", "fastslow_cli", "extract", str(src), "--json"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["extracted"] == 1
+    shutil.copy(broken_media["text_as_mp4"], src / "bad.mp4")
+    partial = subprocess.run([sys.executable, "-m", "fastslow_cli", "extract", str(src), "--json"], capture_output=True, text=True, env=env)
+    assert partial.returncode == 3
+    out = json.loads(partial.stdout)
+    assert (out["skipped_existing"], out["failed"]) == (1, 1)
+    assert "Traceback" not in partial.stderr and "bad.mp4" in partial.stderr
