@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from fastslow_cli import __version__
-from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.errors import FastslowError
 
 app = typer.Typer(
     name="fastslow",
@@ -28,9 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-train_app = typer.Typer(help="Train a Fast (dual encoder) or Slow (cross-attention) model.", no_args_is_help=True)
 index_app = typer.Typer(help="Build and inspect the HNSW search index.", no_args_is_help=True)
-app.add_typer(train_app, name="train")
 app.add_typer(index_app, name="index")
 
 WorkspaceOpt = Annotated[
@@ -75,13 +73,6 @@ def _emit_json(obj: dict[str, Any]) -> None:
     """One JSON object per line on stdout, flushed so pipes (`| jq`) see it at once."""
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
-
-
-def _not_yet(command: str, issue: int) -> None:
-    raise UsageError(
-        f"`fastslow {command}` is not available in fastslow {__version__} yet (planned in issue #{issue}); "
-        "run `fastslow extract` to build features meanwhile"
-    )
 
 
 @app.command()
@@ -133,49 +124,183 @@ def extract(
         raise typer.Exit(3)
 
 
-@train_app.command("fast")
-def train_fast(workspace: WorkspaceOpt = None) -> None:
-    """Train the Fast dual encoder on stored features and a captions file."""
-    _not_yet("train fast", 4)
+CaptionsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--captions",
+        help="Captions: JSON Lines, CSV, Karpathy JSON or VATEX JSON; media paths relative to the file.",
+        show_default=False,
+    ),
+]
+EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the training items [default: per model].")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=2, help="Items per step [default: per model].")]
+LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate [default: per model].")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same model.")]
 
 
-@train_app.command("slow")
-def train_slow(workspace: WorkspaceOpt = None) -> None:
-    """Train the Slow cross-attention model on stored features and a captions file."""
-    _not_yet("train slow", 4)
+class ModelKind(str, Enum):
+    fast = "fast"
+    slow = "slow"
 
 
 @app.command()
-def distill(workspace: WorkspaceOpt = None) -> None:
-    """Distil a Slow teacher into a Fast student."""
-    _not_yet("distill", 5)
+def train(
+    kind: Annotated[ModelKind, typer.Argument(help="fast: the dual encoder; slow: the cross-attention re-ranker.")],
+    captions: CaptionsOpt,
+    workspace: WorkspaceOpt = None,
+    set_name: SetOpt = "default",
+    out: Annotated[Optional[str], typer.Option(help="Model name [default: the kind, 'fast' or 'slow'].")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a Fast or Slow model on stored features and a captions file (train split; best epoch on val)."""
+    from fastslow_cli.commands import train_command
+
+    summary = train_command(kind.value, workspace, captions, set_name, out, epochs, batch_size, lr, seed, device)
+    if json_out:
+        _emit_json(summary)
+
+
+@app.command()
+def distill(
+    captions: CaptionsOpt,
+    workspace: WorkspaceOpt = None,
+    teacher: Annotated[str, typer.Option(help="The Slow teacher (name or folder).")] = "slow",
+    student: Annotated[str, typer.Option(help="The trained Fast student to start from (name or folder).")] = "fast",
+    out: Annotated[Optional[str], typer.Option(help="Name of the distilled model [default: STUDENT-distilled].")] = None,
+    set_name: SetOpt = "default",
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Distil a Slow teacher into a Fast student (KL to the teacher's scores + contrastive loss)."""
+    from fastslow_cli.commands import distill_command
+
+    summary = distill_command(workspace, captions, set_name, teacher, student, out, epochs, batch_size, lr, seed, device)
+    if json_out:
+        _emit_json(summary)
+
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="Fast model: a name under WORKSPACE/models, a folder, or a Hugging Face CLIP id.")
+]
+SlowOpt = Annotated[
+    Optional[str],
+    typer.Option("--slow", help="Slow model for re-ranking (name, folder or BLIP ITM id) [default: 'slow' if trained]."),
+]
+IndexOpt = Annotated[str, typer.Option("--index", "--name", help="Index name (a folder under WORKSPACE/index).")]
 
 
 @index_app.command("build")
-def index_build(workspace: WorkspaceOpt = None) -> None:
-    """Build the HNSW index from stored features and a Fast model."""
-    _not_yet("index build", 5)
+def index_build(
+    workspace: WorkspaceOpt = None,
+    set_name: SetOpt = "default",
+    model: ModelOpt = "fast",
+    slow: SlowOpt = None,
+    name: IndexOpt = "default",
+    m: Annotated[int, typer.Option("--M", min=2, max=256, help="HNSW graph degree.")] = 32,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, help="HNSW build-time beam.")] = 200,
+    ef: Annotated[int, typer.Option("--ef", min=1, help="Default search-time beam (raised to k when smaller).")] = 256,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Build the HNSW index from stored features and a Fast model (+ cached Slow memory)."""
+    from fastslow_cli.commands import build_index_command
+
+    report = build_index_command(workspace, set_name, model, slow, name, m, ef_construction, ef, device)
+    if json_out:
+        _emit_json(report)
+
+
+@index_app.command("add")
+def index_add(
+    workspace: WorkspaceOpt = None,
+    set_name: SetOpt = "default",
+    name: IndexOpt = "default",
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Add newly extracted items to an index without rebuilding it."""
+    from fastslow_cli.commands import add_index_command
+
+    report = add_index_command(workspace, set_name, name, device)
+    if json_out:
+        _emit_json(report)
 
 
 @index_app.command("info")
-def index_info(workspace: WorkspaceOpt = None) -> None:
-    """Describe an index."""
-    _not_yet("index info", 5)
+def index_info(workspace: WorkspaceOpt = None, name: IndexOpt = "default", json_out: JsonOpt = False) -> None:
+    """Describe an index: models, feature set, counts, HNSW parameters."""
+    from fastslow_cli.commands import index_info_command
+
+    manifest = index_info_command(workspace, name)
+    if json_out:
+        _emit_json(manifest)
+    else:
+        from fastslow_cli.render import render_index_info
+
+        render_index_info(manifest)
 
 
 @app.command()
 def search(
-    queries: Annotated[list[str], typer.Argument(help="Queries; '-' reads one per line from stdin.")],
+    queries: Annotated[list[str], typer.Argument(help="Queries; '-' reads one per line from stdin.", show_default=False)],
     workspace: WorkspaceOpt = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Results per query.")] = 10,
+    rerank: Annotated[int, typer.Option(min=0, help="Re-rank the Fast top K with the Slow model (0 = off).")] = 0,
+    alpha: Annotated[
+        Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the Fast score in re-ranking [default: the index's].")
+    ] = None,
+    ef: Annotated[Optional[int], typer.Option(min=1, help="HNSW search beam [default: the index's].")] = None,
+    index: IndexOpt = "default",
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
 ) -> None:
     """Search the index with natural-language queries."""
-    _not_yet("search", 5)
+    from fastslow_cli.commands import search_command
+
+    for results in search_command(workspace, queries, k, rerank, alpha, ef, index, device):
+        if json_out:
+            for r in results:
+                _emit_json(r.to_json())
+        else:
+            from fastslow_cli.render import render_results
+
+            render_results(results)
 
 
 @app.command("eval")
-def evaluate(workspace: WorkspaceOpt = None) -> None:
-    """R@1/5/10, median rank and timings of fast, slow and fast+rerank."""
-    _not_yet("eval", 4)
+def evaluate(
+    captions: CaptionsOpt,
+    workspace: WorkspaceOpt = None,
+    split: Annotated[str, typer.Option(help="Captions split to evaluate on.")] = "test",
+    set_name: SetOpt = "default",
+    fast: Annotated[Optional[str], typer.Option(help="Fast model (name, folder or CLIP id); '' to skip.")] = "fast",
+    slow: Annotated[Optional[str], typer.Option(help="Slow model (name, folder or BLIP id); '' to skip.")] = "slow",
+    distilled: Annotated[Optional[str], typer.Option(help="A distilled Fast model to compare (name or folder).")] = None,
+    rerank: Annotated[int, typer.Option(min=0, help="Also measure Fast top-K re-ranked by Slow through an index.")] = 0,
+    alpha: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Fast weight when re-ranking.")] = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """R@1/5/10, median rank, twin accuracy and ms/query of fast, slow, distilled and fast+rerank."""
+    from fastslow_cli.commands import eval_command
+
+    rows = eval_command(workspace, captions, split, set_name, fast or None, slow or None, distilled, rerank, alpha, device)
+    if json_out:
+        for row in rows:
+            _emit_json(row)
+    else:
+        from fastslow_cli.render import render_eval
+
+        render_eval(rows, split)
 
 
 @app.command()
@@ -184,15 +309,19 @@ def demo(
     out: Annotated[
         Optional[Path], typer.Option(help="Folder for the generated dataset [default: WORKSPACE/demo-data].")
     ] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster run.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster run (a minute or two).")] = False,
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the pipeline end to end on the embedded synthetic dataset."""
+    """Run the whole pipeline on the embedded synthetic dataset (about 10 minutes on 2 cores).
+
+    synth, extract, train fast and slow, distil, index, eval and example searches.
+    """
     from fastslow_cli.demo import run_demo
     from fastslow_cli.workspace import resolve_workspace
 
     ws = resolve_workspace(workspace)
-    result = run_demo(ws, out=out, quick=quick)
+    result = run_demo(ws, out=out, quick=quick, device=device)
     if json_out:
         _emit_json(result)
 

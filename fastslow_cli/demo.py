@@ -16,6 +16,12 @@ from fastslow_cli.console import err_console, make_progress
 from fastslow_cli.workspace import Workspace
 
 DEMO_SET = "demo"
+DEMO_RERANK = 20
+# Epochs per step: sized so the full demo takes about 10 minutes on 2 CPU cores.
+DEMO_EPOCHS = {
+    "full": {"fast": None, "slow": None, "distill": None},
+    "quick": {"fast": 4, "slow": 2, "distill": 2},
+}
 
 
 def demo_config(quick: bool) -> Any:
@@ -46,29 +52,78 @@ def make_dataset(data_dir: Path, quick: bool) -> Path:
     return captions
 
 
-def run_demo(workspace: Workspace, out: Path | None = None, quick: bool = False) -> dict[str, Any]:
-    """Run every available step and return a JSON-able summary."""
+EXAMPLE_QUERIES = (
+    "a red circle left of a blue square",
+    "a blue square left of a red circle",
+    "a green triangle moving up",
+)
+
+
+def _step(title: str, timings: dict[str, float], name: str) -> Any:
+    err_console.rule(title)
+    return _Timer(timings, name)
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = time.perf_counter() - self.start
+
+
+def run_demo(workspace: Workspace, out: Path | None = None, quick: bool = False, device: str = "auto") -> dict[str, Any]:
+    """synth -> extract -> train fast -> train slow -> distill -> index -> eval -> searches."""
+    from fastslow_cli.commands import (
+        build_index_command,
+        distill_command,
+        eval_command,
+        search_command,
+        train_command,
+    )
     from fastslow_cli.extract import ExtractOptions, run_extract
-    from fastslow_cli.render import render_extract_summary
+    from fastslow_cli.render import render_eval, render_extract_summary, render_results
 
     timings: dict[str, float] = {}
     data_dir = Path(out) if out is not None else workspace.root / ("demo-data-quick" if quick else "demo-data")
-    set_name = DEMO_SET + ("-quick" if quick else "")
+    suffix = "-quick" if quick else ""
+    set_name = DEMO_SET + suffix
+    fast, slow, distilled, index = f"demo-fast{suffix}", f"demo-slow{suffix}", f"demo-distilled{suffix}", f"demo{suffix}"
+    epochs = DEMO_EPOCHS["quick" if quick else "full"]
+    ws = workspace.root
 
-    t0 = time.perf_counter()
-    err_console.rule("1. synthetic dataset")
-    captions = make_dataset(data_dir, quick)
-    timings["synth"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    err_console.rule("2. extract features")
-    summary = run_extract([str(data_dir)], workspace, ExtractOptions(set_name=set_name))
-    render_extract_summary(summary)
-    timings["extract"] = time.perf_counter() - t0
-
+    with _step("1/7 synthetic dataset", timings, "synth"):
+        captions = make_dataset(data_dir, quick)
+    with _step("2/7 extract features", timings, "extract"):
+        summary = run_extract([str(data_dir)], workspace, ExtractOptions(set_name=set_name, device=device))
+        render_extract_summary(summary)
+    with _step("3/7 train the Fast model (dual encoder)", timings, "train fast"):
+        train_command("fast", ws, captions, set_name, fast, epochs["fast"], None, None, 0, device)
+    with _step("4/7 train the Slow model (cross-attention, bidirectional captioning)", timings, "train slow"):
+        train_command("slow", ws, captions, set_name, slow, epochs["slow"], None, None, 0, device)
+    with _step("5/7 distil Slow into Fast", timings, "distill"):
+        distill_command(ws, captions, set_name, slow, fast, distilled, epochs["distill"], None, None, 0, device)
+    with _step("6/7 build the index (HNSW + cached Slow memory)", timings, "index"):
+        build_index_command(ws, set_name, distilled, slow, index, 32, 200, 256, device)
+    with _step("7/7 evaluate on the test split", timings, "eval"):
+        rows = eval_command(ws, captions, "test", set_name, fast, slow, distilled, DEMO_RERANK, None, device)
+        render_eval(rows, "test", err_console)
+    err_console.rule("example searches (re-ranked)")
+    for results in search_command(ws, list(EXAMPLE_QUERIES), 3, DEMO_RERANK, None, None, index, device):
+        render_results(results, err_console)
+    total = sum(timings.values())
+    err_console.print(
+        "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s",
+        markup=False,
+        highlight=False,
+    )
     return {
         "captions": str(captions),
         "feature_set": set_name,
         "extract": summary.to_json(),
+        "eval": rows,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }

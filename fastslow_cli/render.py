@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.table import Table
 
-from fastslow_cli.console import err_console
+from fastslow_cli.console import err_console, out_console
 
 if TYPE_CHECKING:
     from fastslow_cli.extract import ExtractSummary
+    from fastslow_cli.search import Result
 
 
 def render_extract_summary(summary: ExtractSummary) -> None:
@@ -32,3 +34,70 @@ def render_extract_summary(summary: ExtractSummary) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def render_results(results: list[Result], console: Console = out_console) -> None:
+    """Search results as a table on stdout (the human form of `--json`)."""
+    if not results:
+        console.print("no results: the index is empty", markup=False)
+        return
+    reranked = any(r.slow_score is not None for r in results)
+    table = Table(title=f"“{results[0].query}”", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("fast", justify="right")
+    if reranked:
+        table.add_column("slow", justify="right")
+    table.add_column("path", overflow="fold")
+    table.add_column("at", justify="right")
+    for r in results:
+        row = [str(r.rank), f"{r.score:.3f}", f"{r.fast_score:.3f}"]
+        if reranked:
+            row.append("" if r.slow_score is None else f"{r.slow_score:.3f}")
+        row += [r.path, "" if r.timestamp is None else f"{r.timestamp:.1f}s"]
+        table.add_row(*row)
+    console.print(table)
+
+
+def render_index_info(manifest: dict) -> None:
+    """The index manifest, readably (stdout: it is the command's result)."""
+    table = Table(title=f"index '{manifest['name']}'", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    hnsw = manifest["hnsw"]
+    slow = manifest.get("slow")
+    rows = [
+        ("items", f"{manifest['count']} ({manifest['images']} images, {manifest['videos']} videos)"),
+        ("feature set", manifest["feature_set"]),
+        ("fast model", f"{manifest['fast'].get('path')} (sha256 {str(manifest['fast'].get('content_hash'))[:12]})"),
+        ("slow model", f"{slow.get('path')} (sha256 {str(slow.get('content_hash'))[:12]})" if slow else "none (no --rerank)"),
+        ("dimension", str(manifest["dim"])),
+        ("HNSW", f"M={hnsw['M']} ef_construction={hnsw['ef_construction']} ef={hnsw['ef_search']}, {hnsw['bytes']} bytes"),
+        ("re-rank alpha", str(manifest.get("alpha", 0.0))),
+        ("built", manifest.get("updated") or manifest["created"]),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    out_console.print(table)
+
+
+def render_eval(rows: list[dict], split: str, console: Console = out_console) -> None:
+    """Eval rows as one table (stdout: it is the command's result)."""
+    table = Table(title=f"text-to-visual retrieval, split '{split}'")
+    for col in ("method", "R@1", "R@5", "R@10", "median rank", "twin acc", "ms/query", "queries", "items"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        twin = r.get("twin_acc")
+        method = r["method"] + (f" (K={r['K']}, {r['speedup_vs_slow']}x faster than slow)" if "speedup_vs_slow" in r else "")
+        table.add_row(
+            method,
+            f"{r['R@1']:.1f}",
+            f"{r['R@5']:.1f}",
+            f"{r['R@10']:.1f}",
+            f"{r['median_rank']:g}",
+            "-" if twin is None else f"{twin:.1f}",
+            f"{r['ms_per_query']:.2f}",
+            str(r["queries"]),
+            str(r["items"]),
+        )
+    console.print(table)

@@ -1,0 +1,54 @@
+"""Captions matched to stored features: what training, distillation and evaluation read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastslow_cli.captions import load_captions, match_captions
+from fastslow_cli.errors import FastslowError
+from fastslow_cli.store import FeatureStore, FeatureTable
+
+Pair = tuple[str, int]  # (caption, row of its item in `table`)
+
+
+@dataclass
+class CaptionedSet:
+    """The items of the asked splits (one table) and each split's (caption, row) pairs."""
+
+    table: FeatureTable
+    pairs: dict[str, list[Pair]]
+    fingerprint: str
+    unmatched: int = 0
+    unmatched_example: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def captioned_set(store: FeatureStore, captions_path: str | Path, splits: Sequence[str]) -> CaptionedSet:
+    """Load the captions, match them to stored items and load the features of the items of `splits`.
+
+    Captions whose media was never extracted are counted (and one is named) but do not
+    stop the run; a split with no matched caption is an error naming the file.
+    """
+    captions = load_captions(captions_path)
+    entries = store.entries()
+    matched, unmatched = match_captions(captions, {i: e.path for i, e in entries.items()})
+    wanted = [(c, item) for c, item in matched if c.split in splits]
+    ids = sorted({item for _, item in wanted})
+    if not ids:
+        raise FastslowError(
+            f"{captions_path}: no caption of split(s) {', '.join(splits)} matches an item of {store.directory}; "
+            "extract the media it names first (`fastslow extract DIR --set ...`)"
+        )
+    row = {item: r for r, item in enumerate(ids)}
+    pairs: dict[str, list[Pair]] = {s: [] for s in splits}
+    for c, item in wanted:
+        pairs[c.split].append((c.caption, row[item]))
+    return CaptionedSet(
+        table=store.load(ids),
+        pairs=pairs,
+        fingerprint=store.fingerprint(),
+        unmatched=len(unmatched),
+        unmatched_example=f"{unmatched[0].source}: {unmatched[0].media}" if unmatched else "",
+    )

@@ -1,0 +1,122 @@
+"""`fastslow eval`: text-to-visual retrieval over every item of a captions split.
+
+Rows: `fast` (exact inner products over all items), `distilled` (the same for a distilled
+Fast model), `slow` (the Slow model scores every (caption, item) pair) and `rerank` (the
+real search path: an HNSW index over the split's items with cached Slow memory, Fast
+top-K re-ranked by the Slow model). For `rerank`, the K re-ranked candidates come first
+and every other item follows in exact Fast order, which gives the rank of an item the
+HNSW top-K missed. ms/query includes text encoding.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastslow_cli.dataset import CaptionedSet
+from fastslow_cli.evaluate import evaluate_scores, find_twins
+from fastslow_cli.retrieval import FastRetriever, SlowRetriever
+from fastslow_cli.store import FeatureStore
+
+Status = Callable[[str], None]
+
+
+def _row(method: str, scores: np.ndarray, texts: Sequence[str], gt: np.ndarray, twins: Any, seconds: float) -> dict[str, Any]:
+    metrics = evaluate_scores(scores, texts, gt, twins)
+    return {"method": method, **metrics, "ms_per_query": round(1000.0 * seconds / max(len(texts), 1), 3)}
+
+
+def fast_scores(fast: FastRetriever, data: CaptionedSet, texts: Sequence[str]) -> tuple[np.ndarray, float]:
+    """(Q, N) exact Fast scores and the query-side seconds (item vectors are an index's job)."""
+    items = fast.encode_items(data.table)
+    start = time.perf_counter()
+    scores = fast.encode_texts(texts) @ items.T
+    return scores, time.perf_counter() - start
+
+
+def slow_scores(slow: SlowRetriever, data: CaptionedSet, texts: Sequence[str]) -> tuple[np.ndarray, float]:
+    """(Q, N) Slow scores of every pair; memories are computed first (as an index caches them)."""
+    memories = slow.encode_items(data.table)
+    start = time.perf_counter()
+    scores = slow.score(texts, memories)
+    return scores, time.perf_counter() - start
+
+
+def rerank_scores(
+    store: FeatureStore,
+    data: CaptionedSet,
+    texts: Sequence[str],
+    fast: FastRetriever,
+    slow: SlowRetriever,
+    k: int,
+    alpha: float | None,
+) -> tuple[np.ndarray, float]:
+    """Scores whose order is the search result order: re-ranked top-K first, then exact Fast order."""
+    from fastslow_cli.index import SearchIndex, build_index
+    from fastslow_cli.search import Searcher
+
+    with tempfile.TemporaryDirectory(prefix="fastslow-eval-") as tmp:
+        directory = Path(tmp) / "eval"
+        build_index(store, directory, fast, slow, ids=data.table.ids)
+        index = SearchIndex.open(directory)
+        searcher = Searcher(index, fast, slow)
+        row_of = {item_id: r for r, item_id in enumerate(data.table.ids)}
+        exact, _ = fast_scores(fast, data, texts)
+        n = exact.shape[1]
+        out = exact - exact.max() - 1.0  # everything below the re-ranked head, in Fast order
+        start = time.perf_counter()
+        results = [searcher.search(t, k=min(k, n), rerank=min(k, n), alpha=alpha) for t in texts]
+        seconds = time.perf_counter() - start
+        for q, res in enumerate(results):
+            for r in res:
+                out[q, row_of[r.id]] = float(len(res) - r.rank + 1)  # head above the rest, in result order
+    return out, seconds
+
+
+def run_eval(
+    store: FeatureStore,
+    data: CaptionedSet,
+    split: str,
+    fast: FastRetriever | None,
+    slow: SlowRetriever | None,
+    distilled: FastRetriever | None = None,
+    rerank: int = 0,
+    alpha: float | None = None,
+    status: Status | None = None,
+) -> list[dict[str, Any]]:
+    """One metrics row per method, in the order fast, distilled, slow, rerank."""
+    pairs = data.pairs[split]
+    texts = [t for t, _ in pairs]
+    gt = np.array([r for _, r in pairs], dtype=np.int64)
+    twins = find_twins(texts, gt)
+    rows: list[dict[str, Any]] = []
+    say = status or (lambda _msg: None)
+    methods: list[tuple[str, Callable[[], tuple[np.ndarray, float]]]] = []
+    if fast is not None:
+        methods.append(("fast", lambda: fast_scores(fast, data, texts)))
+    if distilled is not None:
+        methods.append(("distilled", lambda: fast_scores(distilled, data, texts)))
+    if slow is not None:
+        methods.append(("slow", lambda: slow_scores(slow, data, texts)))
+    for method, compute in methods:
+        say(method)
+        scores, seconds = compute()
+        rows.append(_row(method, scores, texts, gt, twins, seconds))
+    if rerank and slow is not None:
+        ranker = distilled or fast
+        if ranker is not None:
+            say(f"rerank top {rerank}")
+            scores, seconds = rerank_scores(store, data, texts, ranker, slow, rerank, alpha)
+            row = _row("rerank", scores, texts, gt, twins, seconds)
+            row["K"] = rerank
+            row["fast_model"] = "distilled" if distilled is not None else "fast"
+            slow_row = next((r for r in rows if r["method"] == "slow"), None)
+            if slow_row and row["ms_per_query"] > 0:
+                row["speedup_vs_slow"] = round(slow_row["ms_per_query"] / row["ms_per_query"], 1)
+            rows.append(row)
+    return rows

@@ -1,0 +1,516 @@
+"""The search index: HNSW over Fast item vectors, the item table, and the cached Slow memory.
+
+```
+index/<name>/hnsw.bin              hnswlib index (labels = rows of items.parquet)
+index/<name>/items.parquet         label, id, path, kind, frames, timestamps
+index/<name>/frame_vectors.npy     Fast vector of every frame (best timestamp of a video hit)
+index/<name>/slow_memory.f16       Slow visual memory of every item, float16 rows (mmap)
+index/<name>/slow_memory.offsets.npy   item i owns rows offsets[i]:offsets[i+1]
+index/<name>/manifest.json         models (content hashes), feature set, dim, HNSW sidecar, counts
+index/.<name>.lock                 writer lock (flock): one build or add at a time; readers take none
+```
+
+The Parquet features are the source of truth; an index is a rebuildable artefact. Builds
+and `add` write a complete new folder next to the old one and swap it in, so an
+interrupted build leaves the previous index usable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fastslow_cli.ann import AnnIndex, AnnParams
+from fastslow_cli.atomic import atomic_path, atomic_write_json, fsync_dir
+from fastslow_cli.errors import FastslowError
+from fastslow_cli.store import FeatureStore, FeatureTable
+
+if TYPE_CHECKING:
+    from fastslow_cli.retrieval import FastRetriever, SlowRetriever
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+ITEMS = "items.parquet"
+MEMORY = "slow_memory.f16"
+OFFSETS = "slow_memory.offsets.npy"
+FRAME_VECTORS = "frame_vectors.npy"
+FRAME_OFFSETS = "frame_vectors.offsets.npy"
+CHUNK = 2048  # items encoded per step: bounds memory on large sets
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class BuildReport:
+    items: int
+    skipped_missing: int
+    seconds: float
+    directory: str
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def _siblings(directory: Path, tag: str) -> list[Path]:
+    return sorted(directory.parent.glob(f".{directory.name}.{tag}-*"))
+
+
+def recover(directory: Path) -> None:
+    """Finish or undo a swap cut short: the old index comes back if the new one is not in place.
+
+    An old folder of a live process is left alone: that process is between its two
+    renames and is about to move its new index in.
+    """
+    olds = _siblings(directory, "old")
+    if not directory.exists() and olds and not _owned_by_live_process(olds[-1]):
+        os.replace(olds[-1], directory)
+        olds = olds[:-1]
+    for stale in olds + _siblings(directory, "building"):
+        if stale.exists() and not _owned_by_live_process(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _owned_by_live_process(path: Path) -> bool:
+    try:
+        pid = int(path.name.rsplit("-", 1)[1])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    """Replace `directory` by the finished `tmp` (two renames; `recover` covers a crash between)."""
+    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    fsync_dir(directory.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """One writer per index (hnswlib has no lock, and two swaps could race): a second
+    build or add on the same index fails at once instead of waiting or interleaving."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FastslowError(
+                f"index {directory} is being written by another process: wait for it to finish, or use another --name"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _new_build_dir(directory: Path) -> Path:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    recover(directory)
+    tmp = directory.parent / f".{directory.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _items_table(table: FeatureTable | IndexChunk, labels: np.ndarray) -> pa.Table:
+    return pa.table(
+        {
+            "label": pa.array(labels, pa.int64()),
+            "id": pa.array(table.ids, pa.string()),
+            "path": pa.array(table.paths, pa.string()),
+            "kind": pa.array(table.kinds, pa.string()),
+            "frames": pa.array(np.asarray(table.frames), pa.int32()),
+            "timestamps": pa.array([list(map(float, t)) for t in table.timestamps], pa.list_(pa.float64())),
+        }
+    )
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _write_npy(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+def _frame_vectors(fast: FastRetriever, table: FeatureTable, item_vectors: np.ndarray) -> np.ndarray:
+    """Fast vector of every frame, frame-major per item: a video's frames are encoded one by
+    one (to point at the best-matching moment); an image's frame vector is its item vector."""
+    frames = np.asarray(table.frames)
+    rows = [(i, t) for i in range(len(frames)) if frames[i] > 1 for t in range(int(frames[i]))]
+    out = np.repeat(item_vectors, np.maximum(frames, 1), axis=0).astype(np.float32)
+    if rows:
+        items, times = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+        single = FeatureTable(
+            ids=[table.ids[i] for i in items],
+            paths=[table.paths[i] for i in items],
+            kinds=["image"] * len(rows),
+            frames=np.ones(len(rows), dtype=np.int64),
+            timestamps=[[table.timestamps[i][t]] for i, t in rows],
+            levels=[lv[items, times][:, None] for lv in table.levels],
+            frame_mask=np.ones((len(rows), 1), dtype=bool),
+        )
+        starts = np.concatenate([[0], np.cumsum(np.maximum(frames, 1))[:-1]])
+        out[starts[items] + times] = fast.encode_items(single)
+    return out
+
+
+@dataclass
+class IndexChunk:
+    """Consecutive items ready to be written: item metadata and what the models made of them."""
+
+    ids: list[str]
+    paths: list[str]
+    kinds: list[str]
+    frames: np.ndarray
+    timestamps: list[list[float]]
+    vectors: np.ndarray  # (n, dim) Fast item vectors
+    frame_vectors: np.ndarray  # (frames.sum(), dim) Fast vector of every frame, item after item
+    memories: list[np.ndarray] | None  # Slow memory (L_i, width) per item; None without a Slow model
+
+
+def _encoded_chunks(
+    store: FeatureStore, ids: Sequence[str], fast: FastRetriever, slow: SlowRetriever | None
+) -> Iterator[IndexChunk]:
+    """Load and encode `ids` CHUNK at a time (bounded memory on large sets)."""
+    for start in range(0, len(ids), CHUNK):
+        table = store.load(ids[start : start + CHUNK])
+        vectors = fast.encode_items(table)
+        yield IndexChunk(
+            ids=table.ids,
+            paths=table.paths,
+            kinds=table.kinds,
+            frames=np.asarray(table.frames),
+            timestamps=table.timestamps,
+            vectors=vectors,
+            frame_vectors=_frame_vectors(fast, table, vectors),
+            memories=slow.encode_items(table) if slow is not None else None,
+        )
+
+
+def write_index(
+    directory: Path,
+    chunks: Iterable[IndexChunk],
+    fast_identity: dict[str, Any],
+    slow_identity: dict[str, Any] | None,
+    slow_width: int | None,
+    params: AnnParams,
+    feature_set: str,
+    feature_fingerprint: str,
+    progress: Progress | None = None,
+) -> int:
+    """Write a complete index from encoded chunks into a new folder and swap it in; returns the item count.
+
+    `build_index` feeds it chunks encoded from the feature store; benchmarks feed it
+    precomputed vectors and memories, so both write (and later read) the same format.
+    If anything fails (an encoder error, Ctrl-C), the previous index is left as it was.
+    """
+    with writer_lock(directory):
+        return _write_locked(
+            directory, chunks, fast_identity, slow_identity, slow_width, params, feature_set, feature_fingerprint, progress
+        )
+
+
+def _write_locked(
+    directory: Path,
+    chunks: Iterable[IndexChunk],
+    fast_identity: dict[str, Any],
+    slow_identity: dict[str, Any] | None,
+    slow_width: int | None,
+    params: AnnParams,
+    feature_set: str,
+    feature_fingerprint: str,
+    progress: Progress | None,
+) -> int:
+    tmp = _new_build_dir(directory)
+    try:
+        vectors, frame_vecs, frame_offsets, memory_offsets, tables = [], [], [0], [0], []
+        count = 0
+        with open(tmp / MEMORY, "wb") as mem_fh:
+            for chunk in chunks:
+                n = len(chunk.ids)
+                frames = np.asarray(chunk.frames)
+                if len(chunk.vectors) != n or len(chunk.frame_vectors) != int(frames.sum()):
+                    raise ValueError(f"index chunk of {n} items has {len(chunk.vectors)} vectors, {len(chunk.frame_vectors)} frame vectors")
+                if (chunk.memories is None) != (slow_identity is None) or (chunk.memories is not None and len(chunk.memories) != n):
+                    raise ValueError("index chunk memories must be given, one per item, exactly when there is a Slow model")
+                vectors.append(np.asarray(chunk.vectors, dtype=np.float32))
+                frame_vecs.append(np.asarray(chunk.frame_vectors, dtype=np.float32))
+                frame_offsets.extend((frame_offsets[-1] + np.cumsum(frames)).tolist())
+                for m in chunk.memories or []:
+                    mem_fh.write(np.ascontiguousarray(m, dtype=np.float16).tobytes())
+                    memory_offsets.append(memory_offsets[-1] + m.shape[0])
+                tables.append(_items_table(chunk, np.arange(count, count + n)))
+                count += n
+                if progress is not None:
+                    progress(n)
+            mem_fh.flush()
+            os.fsync(mem_fh.fileno())
+        if not count:
+            raise ValueError("an index needs at least one item")
+        all_vectors = np.concatenate(vectors)
+        ann = AnnIndex.build(all_vectors, params, labels=np.arange(count), threads=os.cpu_count() or 1)
+        hnsw_info = ann.save(tmp)
+        kinds = pa.concat_tables(tables).column("kind").to_pylist()
+        _write_parquet(pa.concat_tables(tables), tmp / ITEMS)
+        _write_npy(np.concatenate(frame_vecs), tmp / FRAME_VECTORS)
+        _write_npy(np.asarray(frame_offsets, dtype=np.int64), tmp / FRAME_OFFSETS)
+        _write_npy(np.asarray(memory_offsets, dtype=np.int64), tmp / OFFSETS)
+        manifest = {
+            "format": FORMAT,
+            "name": directory.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "feature_set": feature_set,
+            "feature_fingerprint": feature_fingerprint,
+            "fast": fast_identity,
+            "slow": slow_identity,
+            "dim": int(all_vectors.shape[1]),
+            "count": count,
+            "images": kinds.count("image"),
+            "videos": kinds.count("video"),
+            "memory": {"width": int(slow_width), "rows": memory_offsets[-1]} if slow_identity is not None else None,
+            "hnsw": hnsw_info,
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        _swap_in(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return count
+
+
+def build_index(
+    store: FeatureStore,
+    directory: Path,
+    fast: FastRetriever,
+    slow: SlowRetriever | None,
+    params: AnnParams = AnnParams(),
+    progress: Progress | None = None,
+    ids: Sequence[str] | None = None,
+) -> BuildReport:
+    """Encode every stored item (or `ids`) with the Fast model (and Slow memory) and write the index.
+
+    Items whose media file no longer exists are left out (a moved file was re-extracted
+    under its new id).
+    """
+    started = time.perf_counter()
+    entries = store.entries()
+    wanted = sorted(entries) if ids is None else list(ids)
+    present = [i for i in wanted if Path(entries[i].path).exists()] if ids is None else wanted
+    if not present:
+        raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
+    write_index(
+        directory,
+        _encoded_chunks(store, present, fast, slow),
+        fast_identity=fast.identity,
+        slow_identity=slow.identity if slow is not None else None,
+        slow_width=slow.width if slow is not None else None,
+        params=params,
+        feature_set=str(store.directory),
+        feature_fingerprint=store.fingerprint(),
+        progress=progress,
+    )
+    skipped = len(wanted) - len(present)
+    return BuildReport(len(present), skipped, time.perf_counter() - started, str(directory))
+
+
+def add_to_index(
+    store: FeatureStore,
+    directory: Path,
+    fast: FastRetriever,
+    slow: SlowRetriever | None,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """Add stored items the index does not hold yet, without re-encoding the others.
+
+    Works on a copy of the index folder that is swapped in at the end. Items already in
+    the index are kept as they are (a re-extracted file keeps its old vectors until a rebuild).
+    """
+    with writer_lock(directory):
+        return _add_locked(store, directory, fast, slow, progress)
+
+
+def _add_locked(
+    store: FeatureStore, directory: Path, fast: FastRetriever, slow: SlowRetriever | None, progress: Progress | None
+) -> BuildReport:
+    started = time.perf_counter()
+    index = SearchIndex.open(directory)
+    index.check_models(fast, slow)
+    if slow is None and index.memory is not None:
+        raise FastslowError(
+            f"index {directory} caches Slow memory: pass its Slow model (--slow) so new items get theirs too"
+        )
+    if index.manifest["feature_fingerprint"] != store.fingerprint():
+        raise FastslowError(f"index {directory} was built from another feature set: rebuild it with `fastslow index build`")
+    entries = store.entries()
+    known = set(index.items["id"])
+    new_ids = [i for i in sorted(entries) if i not in known and Path(entries[i].path).exists()]
+    if not new_ids:
+        return BuildReport(0, 0, time.perf_counter() - started, str(directory))
+    tmp = _new_build_dir(directory)
+    try:
+        for f in directory.iterdir():
+            if f.name not in (MEMORY,):
+                shutil.copy2(f, tmp / f.name)
+        shutil.copyfile(directory / MEMORY, tmp / MEMORY)
+        table = store.load(new_ids)
+        start = index.count
+        labels = np.arange(start, start + len(new_ids))
+        ann = AnnIndex.load(directory, index.manifest["hnsw"])
+        new_vectors = fast.encode_items(table)
+        ann.add(new_vectors, labels)
+        hnsw_info = ann.save(tmp)
+        items = pa.concat_tables([pq.read_table(directory / ITEMS), _items_table(table, labels)])
+        _write_parquet(items, tmp / ITEMS)
+        fv = np.concatenate([np.load(directory / FRAME_VECTORS), _frame_vectors(fast, table, new_vectors)])
+        f_off = list(np.load(directory / FRAME_OFFSETS))
+        for f in np.asarray(table.frames):
+            f_off.append(f_off[-1] + int(f))
+        _write_npy(fv.astype(np.float32), tmp / FRAME_VECTORS)
+        _write_npy(np.asarray(f_off, dtype=np.int64), tmp / FRAME_OFFSETS)
+        m_off = list(np.load(directory / OFFSETS))
+        if slow is not None:
+            with open(tmp / MEMORY, "ab") as fh:
+                for m in slow.encode_items(table):
+                    fh.write(np.ascontiguousarray(m, dtype=np.float16).tobytes())
+                    m_off.append(m_off[-1] + m.shape[0])
+                fh.flush()
+                os.fsync(fh.fileno())
+        _write_npy(np.asarray(m_off, dtype=np.int64), tmp / OFFSETS)
+        manifest = dict(index.manifest)
+        kinds = table.kinds
+        manifest.update(
+            count=int(start + len(new_ids)),
+            images=manifest["images"] + kinds.count("image"),
+            videos=manifest["videos"] + kinds.count("video"),
+            hnsw=hnsw_info,
+            updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        if manifest.get("memory"):
+            manifest["memory"] = {**manifest["memory"], "rows": int(m_off[-1])}
+        atomic_write_json(tmp / MANIFEST, manifest)
+        _swap_in(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress is not None:
+        progress(len(new_ids))
+    return BuildReport(len(new_ids), 0, time.perf_counter() - started, str(directory))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The index's manifest (after recovering from a swap cut short), checked for format."""
+    recover(directory)
+    path = directory / MANIFEST
+    if not path.exists():
+        raise FastslowError(f"no index at {directory}: build one with `fastslow index build`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FastslowError(f"{path} is unreadable ({exc}): rebuild the index with `fastslow index build`") from exc
+    if manifest.get("format") != FORMAT:
+        raise FastslowError(f"{path} has format {manifest.get('format')}, expected {FORMAT}: rebuild the index")
+    return manifest
+
+
+class SearchIndex:
+    """A built index, opened for reading: HNSW, item table, frame vectors, Slow memory (mmap)."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.ann = AnnIndex.load(directory, manifest["hnsw"])
+        try:
+            items = pq.read_table(directory / ITEMS)
+            self.items = {name: items.column(name).to_pylist() for name in items.column_names}
+            self.frame_vectors = np.load(directory / FRAME_VECTORS, mmap_mode="r")
+            self.frame_offsets = np.load(directory / FRAME_OFFSETS)
+            self.memory_offsets = np.load(directory / OFFSETS)
+            memory = manifest.get("memory")
+            self.memory = (
+                np.memmap(directory / MEMORY, dtype=np.float16, mode="r", shape=(memory["rows"], memory["width"]))
+                if memory and memory["rows"]
+                else None
+            )
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            why = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise FastslowError(
+                f"index {directory} is damaged ({why[:200]}): rebuild it with `fastslow index build`"
+            ) from exc
+        count = manifest["count"]
+        consistent = (
+            len(self.items.get("id", [])) == count
+            and len(self.frame_offsets) == count + 1
+            and len(self.frame_vectors) == self.frame_offsets[-1]
+            and (self.memory is None or (len(self.memory_offsets) == count + 1 and self.memory_offsets[-1] == len(self.memory)))
+        )
+        if not consistent:
+            raise FastslowError(f"index {directory} is inconsistent: rebuild it with `fastslow index build`")
+
+    @classmethod
+    def open(cls, directory: Path) -> SearchIndex:
+        return cls(directory, read_manifest(directory))
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    def check_models(self, fast: FastRetriever, slow: SlowRetriever | None) -> None:
+        """Refuse models other than those the index was built with (vectors would not match)."""
+        built = self.manifest["fast"]
+        if built.get("content_hash") != fast.identity.get("content_hash"):
+            raise FastslowError(
+                f"index {self.directory} was built with Fast model {built.get('path')}, not {fast.identity.get('path')}: "
+                "pass that model or rebuild the index with `fastslow index build --model ...`"
+            )
+        if slow is not None:
+            built_slow = self.manifest.get("slow")
+            if built_slow is None:
+                raise FastslowError(
+                    f"index {self.directory} has no Slow memory: rebuild it with `fastslow index build --slow MODEL` to re-rank"
+                )
+            if built_slow.get("content_hash") != slow.identity.get("content_hash"):
+                raise FastslowError(
+                    f"index {self.directory} was built with Slow model {built_slow.get('path')}, not "
+                    f"{slow.identity.get('path')}: pass that model or rebuild the index"
+                )
+
+    def memories(self, labels: Sequence[int]) -> list[np.ndarray]:
+        """The cached Slow memory of these items: reads only their rows of the mmap."""
+        if self.memory is None:
+            raise FastslowError(f"index {self.directory} has no Slow memory: rebuild it with --slow MODEL")
+        off = self.memory_offsets
+        return [np.asarray(self.memory[off[i] : off[i + 1]]) for i in labels]
+
+    def best_timestamp(self, label: int, query_vector: np.ndarray) -> float:
+        """The timestamp of the item's frame most similar to the query (0.0 for images)."""
+        a, b = self.frame_offsets[label], self.frame_offsets[label + 1]
+        sims = np.asarray(self.frame_vectors[a:b]) @ query_vector
+        return float(self.items["timestamps"][label][int(np.argmax(sims))])

@@ -1,0 +1,209 @@
+"""The seam between models and the tools that use them (index, search, eval, distill).
+
+`FastRetriever` and `SlowRetriever` speak strings and feature tables, not token ids, so
+a native fastslow model and a pretrained Hugging Face adapter (`models/hf.py`) are used
+the same way:
+
+- Fast: `encode_texts(texts) -> (Q, dim)` and `encode_items(table) -> (N, dim)`, unit
+  float32 vectors whose inner product is the retrieval score.
+- Slow: `encode_items(table) -> list of (L_i, width) memories` (query-independent: the
+  index caches them) and `score(texts, memories) -> (Q, K)`, every text against every
+  memory, with no visual encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fastslow_cli.store import FeatureTable
+
+# Items padded and scored per step by `NativeSlow.score`; a multiple of `score_matrix`'s
+# item chunk (64), so chunking changes no score.
+SCORE_CHUNK = 1024
+
+
+class FastRetriever(Protocol):
+    kind: str
+    dim: int
+    identity: dict[str, Any]  # name, path, content_hash, fingerprint (what an index records)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_items(self, table: FeatureTable, batch_size: int = 256) -> np.ndarray: ...
+
+
+class SlowRetriever(Protocol):
+    kind: str
+    width: int
+    identity: dict[str, Any]
+
+    def encode_items(self, table: FeatureTable, batch_size: int = 64) -> list[np.ndarray]: ...
+
+    def score(self, texts: Sequence[str], memories: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+def table_batches(table: FeatureTable, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of items with equal frame counts (no padding work), in order."""
+    frames = np.asarray(table.frames)
+    order = np.argsort(frames, kind="stable")
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        t = frames[order[start]]
+        end = start
+        while end < len(order) and frames[order[end]] == t and end - start < batch_size:
+            end += 1
+        out.append(order[start:end])
+        start = end
+    return out
+
+
+def batch_levels(table: FeatureTable, idx: np.ndarray, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Float32 level tensors (B, T, H, W, C) and frame mask (B, T) of rows `idx`, trimmed to their frames."""
+    t = int(np.asarray(table.frames)[idx].max())
+    levels = [torch.from_numpy(np.asarray(lv[idx, :t], dtype=np.float32)).to(device) for lv in table.levels]
+    mask = torch.from_numpy(np.asarray(table.frame_mask)[idx, :t].copy()).to(device)
+    return levels, mask
+
+
+def pad_memories(memories: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length memories (L_i, width) into (K, Lmax, width) with a mask."""
+    length = max(m.shape[0] for m in memories)
+    width = memories[0].shape[1]
+    out = torch.zeros(len(memories), length, width, dtype=torch.float32)
+    mask = torch.zeros(len(memories), length, dtype=torch.bool)
+    for i, m in enumerate(memories):
+        out[i, : m.shape[0]] = torch.from_numpy(np.asarray(m, dtype=np.float32))
+        mask[i, : m.shape[0]] = True
+    return out.to(device), mask.to(device)
+
+
+class NativeFast:
+    """A trained `models.fast.FastModel` with its tokenizer, as a `FastRetriever`."""
+
+    kind = "fast"
+
+    def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
+        self.dim = int(model.config.dim)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        ids, mask = self.tokenizer.encode_batch(list(texts))
+        return self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_items(self, table: FeatureTable, batch_size: int = 256) -> np.ndarray:
+        out = np.zeros((len(table.ids), self.dim), dtype=np.float32)
+        for idx in table_batches(table, batch_size):
+            levels, mask = batch_levels(table, idx, self.device)
+            out[idx] = self.model.encode_visual(levels, mask).float().cpu().numpy()
+        return out
+
+
+class NativeSlow:
+    """A trained `models.slow.SlowModel` with its tokenizer, as a `SlowRetriever`."""
+
+    kind = "slow"
+
+    def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
+        self.width = int(model.config.width)
+
+    @torch.inference_mode()
+    def encode_items(self, table: FeatureTable, batch_size: int = 64) -> list[np.ndarray]:
+        out: list[np.ndarray] = [np.empty(0)] * len(table.ids)
+        for idx in table_batches(table, batch_size):
+            levels, mask = batch_levels(table, idx, self.device)
+            memory, memory_mask = self.model.encode_visual(levels, mask)
+            memory = memory.to(torch.float16).cpu().numpy()
+            memory_mask = memory_mask.cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = memory[row][memory_mask[row]]
+        return out
+
+    @torch.inference_mode()
+    def score(self, texts: Sequence[str], memories: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores (Q, K); memories are padded `SCORE_CHUNK` at a time, so scoring every item
+        of a large collection never holds more than one chunk as float32."""
+        out = np.zeros((len(texts), len(memories)), dtype=np.float32)
+        if not texts or not memories:
+            return out
+        ids, mask = self.tokenizer.encode_batch(list(texts))
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        by_length: dict[int, list[int]] = {}  # equal lengths together: images never padded to video length
+        for j, m in enumerate(memories):
+            by_length.setdefault(int(m.shape[0]), []).append(j)
+        for group in by_length.values():
+            for start in range(0, len(group), SCORE_CHUNK):
+                cols = group[start : start + SCORE_CHUNK]
+                memory, memory_mask = pad_memories([memories[j] for j in cols], self.device)
+                scores = self.model.score_matrix(ids, mask, memory, memory_mask)
+                out[:, cols] = scores.float().cpu().numpy()
+        return out
+
+
+def is_native(path: str | Path) -> bool:
+    """A fastslow model folder (as opposed to a Hugging Face folder or hub id)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == "fastslow-model"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def native_identity(path: str | Path, config: dict[str, Any]) -> dict[str, Any]:
+    """What an index records of a model: where it is and a hash of exactly its weights + tokenizer."""
+    sha = config.get("sha256", {})
+    digest = hashlib.sha256(json.dumps(sha, sort_keys=True).encode()).hexdigest()
+    return {
+        "name": Path(path).name,
+        "path": str(Path(path).resolve()),
+        "kind": config["kind"],
+        "content_hash": digest,
+        "fingerprint": config.get("features", {}).get("fingerprint"),
+    }
+
+
+def load_native(path: str | Path, kind: str, device: str | None = None) -> NativeFast | NativeSlow:
+    """Load a fastslow model folder of the given kind, wrapped for retrieval."""
+    from fastslow_cli.models.checkpoint import load_model
+    from fastslow_cli.runtime import setup_torch
+
+    dev = setup_torch(device)
+    loaded = load_model(path, kind=kind)
+    wrapper = NativeFast if kind == "fast" else NativeSlow
+    return wrapper(loaded.model, loaded.tokenizer, native_identity(path, loaded.config), dev)
+
+
+def load_fast(path: str | Path, device: str | None = None) -> FastRetriever:
+    """A Fast retriever from a fastslow model folder or a Hugging Face CLIP folder / id."""
+    if is_native(path):
+        return load_native(path, "fast", device)
+    from fastslow_cli.models.hf import load_clip
+
+    return load_clip(path, device)
+
+
+def load_slow(path: str | Path, device: str | None = None) -> SlowRetriever:
+    """A Slow retriever from a fastslow model folder or a Hugging Face BLIP ITM folder / id."""
+    if is_native(path):
+        return load_native(path, "slow", device)
+    from fastslow_cli.models.hf import load_blip
+
+    return load_blip(path, device)

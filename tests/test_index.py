@@ -1,0 +1,473 @@
+"""The search index: build -> open round trip, `add` without a rebuild, model checks,
+atomic swap and crash recovery, damaged files, per-frame vectors of videos.
+
+Tiny random feature rows and randomly initialised models: the mechanics do not depend
+on trained weights. `make_store` and `make_models` are also used by test_search.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastslow_cli import index as index_mod
+from fastslow_cli.ann import AnnParams
+from fastslow_cli.errors import FastslowError
+from fastslow_cli.index import IndexChunk, SearchIndex, add_to_index, build_index, recover, write_index, writer_lock
+from fastslow_cli.models.fast import FastConfig, FastModel
+from fastslow_cli.models.slow import SlowConfig, SlowModel
+from fastslow_cli.retrieval import NativeFast, NativeSlow
+from fastslow_cli.store import FeatureRow, FeatureStore
+from fastslow_cli.text import TextTokenizer
+
+SHAPES = [(8, 8, 12), (4, 4, 24), (2, 2, 48)]
+CAPTIONS = [
+    "a red circle left of a blue square",
+    "a green triangle above a yellow star",
+    "a dog runs on the beach",
+    "two cats sleep under a big tree",
+]
+DEAD_PID = 99_999_999  # above Linux's pid_max: never a live process
+
+
+def item_specs(count: int, first: int = 0) -> list[tuple[str, int]]:
+    """(id, frames): two images for every video, videos of 3..8 frames."""
+    return [(f"item{i:03d}.{'mp4' if i % 3 == 2 else 'png'}", 3 + i % 6 if i % 3 == 2 else 1) for i in range(first, first + count)]
+
+
+def add_rows(store: FeatureStore, media: Path, specs: list[tuple[str, int]], seed: int) -> None:
+    """Append one part of random float16 rows, touching each item's media file."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for item_id, frames in specs:
+        path = media / item_id
+        path.write_bytes(item_id.encode())
+        levels = [rng.standard_normal((frames, *shape)).astype(np.float16) for shape in SHAPES]
+        rows.append(
+            FeatureRow(
+                id=item_id,
+                path=str(path),
+                kind="image" if frames == 1 else "video",
+                frames=frames,
+                timestamps=[0.25 + 0.5 * t for t in range(frames)],
+                size=path.stat().st_size,
+                mtime_ns=path.stat().st_mtime_ns,
+                content_hash=f"hash-{item_id}",
+                levels=levels,
+            )
+        )
+    store.append(rows)
+
+
+def make_store(root: Path, count: int = 36, seed: int = 0) -> FeatureStore:
+    """A feature set of `count` items (images and 3..8-frame videos) with existing media files."""
+    store = FeatureStore(root / "features" / "test")
+    store.ensure({"name": "test-backbone"}, SHAPES, 8)
+    media = root / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    add_rows(store, media, item_specs(count), seed)
+    return store
+
+
+def make_models(store: FeatureStore, seed: int = 0, fast_hash: str = "fast-a", slow_hash: str = "slow-a") -> tuple[NativeFast, NativeSlow]:
+    """Small randomly initialised Fast and Slow models (fixed seed) as retrievers."""
+    torch.manual_seed(seed)
+    tok = TextTokenizer.train(CAPTIONS)
+    shapes = [list(s) for s in SHAPES]
+    fast = FastModel(FastConfig(level_shapes=shapes, vocab_size=tok.vocab_size, dim=16, width=32, heads=2, visual_layers=1, text_layers=1))
+    slow = SlowModel(
+        SlowConfig(
+            level_shapes=shapes, vocab_size=tok.vocab_size, width=32, heads=2, coarse_layers=1, refine_layers=1, decoder_layers=1
+        )
+    )
+    cpu = torch.device("cpu")
+    fp = store.fingerprint()
+    return (
+        NativeFast(fast, tok, identity={"path": f"models/{fast_hash}", "content_hash": fast_hash, "fingerprint": fp}, device=cpu),
+        NativeSlow(slow, tok, identity={"path": f"models/{slow_hash}", "content_hash": slow_hash, "fingerprint": fp}, device=cpu),
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a loaded machine idle-spinning
+    intra-op threads make them 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def index_files(directory: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, NativeFast, NativeSlow, Path]:
+    """A store of 36 items and an index built from it (tests must not modify it: copy first)."""
+    root = tmp_path_factory.mktemp("built")
+    store = make_store(root)
+    fast, slow = make_models(store)
+    build_index(store, root / "index" / "main", fast, slow, AnnParams(M=8, ef_construction=64, ef_search=64))
+    return store, fast, slow, root / "index" / "main"
+
+
+def copy_index(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "index" / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip(built: tuple[FeatureStore, NativeFast, NativeSlow, Path]) -> None:
+    store, fast, slow, directory = built
+    index = SearchIndex.open(directory)
+    table = store.load()
+    assert index.count == len(table.ids) == 36
+    assert index.items["id"] == table.ids
+    assert index.items["label"] == list(range(36))
+    assert index.items["kind"] == table.kinds
+    assert index.items["frames"] == [int(f) for f in table.frames]
+    assert index.manifest["images"] == 24 and index.manifest["videos"] == 12
+    assert index.manifest["fast"]["content_hash"] == "fast-a" and index.manifest["slow"]["content_hash"] == "slow-a"
+    assert index.manifest["dim"] == fast.dim and index.manifest["memory"]["width"] == slow.width
+    # Cached Slow memory: exactly what the Slow model gives, rows trimmed to each item's frames.
+    expected = slow.encode_items(table)
+    got = index.memories(range(36))
+    for item, (e, g) in enumerate(zip(expected, got)):
+        assert g.shape == (int(table.frames[item]) * 4 * 4, slow.width)  # finest_level 1: 4x4 tokens per frame
+        np.testing.assert_array_equal(g, e)
+    # Every item's own Fast vector finds itself first, with score ~1.
+    vectors = fast.encode_items(table)
+    labels, scores = index.ann.query(vectors, 1)
+    assert labels[:, 0].tolist() == list(range(36))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+
+
+def test_frame_vectors_and_best_timestamp(built: tuple[FeatureStore, NativeFast, NativeSlow, Path]) -> None:
+    store, fast, _, directory = built
+    index = SearchIndex.open(directory)
+    table = store.load()
+    vectors = fast.encode_items(table)
+    assert index.frame_vectors.shape == (int(table.frames.sum()), fast.dim)
+    for label in range(index.count):
+        a, b = index.frame_offsets[label], index.frame_offsets[label + 1]
+        frames = int(table.frames[label])
+        assert b - a == frames
+        if frames == 1:
+            np.testing.assert_array_equal(index.frame_vectors[a], vectors[label])
+            assert index.best_timestamp(label, vectors[label]) == table.timestamps[label][0]
+            continue
+        # A video's frame vectors are its frames encoded one by one: a query equal to
+        # frame t's vector points at frame t's timestamp.
+        single = table.subset([label])
+        for t in range(frames):
+            one = type(single)(
+                ids=single.ids, paths=single.paths, kinds=["image"], frames=np.ones(1, dtype=np.int64),
+                timestamps=[[single.timestamps[0][t]]], levels=[lv[:, t : t + 1] for lv in single.levels],
+                frame_mask=np.ones((1, 1), dtype=bool),
+            )
+            frame_vector = fast.encode_items(one)[0]
+            np.testing.assert_allclose(index.frame_vectors[a + t], frame_vector, atol=1e-5)
+            assert index.best_timestamp(label, frame_vector) == pytest.approx(0.25 + 0.5 * t)
+
+
+def test_missing_media_left_out_and_empty_set_refused(tmp_path: Path) -> None:
+    store = make_store(tmp_path, count=9)
+    fast, slow = make_models(store)
+    gone = item_specs(9)[4][0]
+    (tmp_path / "media" / gone).unlink()
+    report = build_index(store, tmp_path / "index" / "main", fast, None)
+    assert (report.items, report.skipped_missing) == (8, 1)
+    index = SearchIndex.open(tmp_path / "index" / "main")
+    assert gone not in index.items["id"] and index.count == 8
+    assert index.manifest["slow"] is None and index.memory is None
+    with pytest.raises(FastslowError, match="no Slow memory"):
+        index.memories([0])
+    with pytest.raises(FastslowError, match="no Slow memory"):
+        index.check_models(fast, slow)
+
+    empty = FeatureStore(tmp_path / "features" / "empty")
+    empty.ensure({"name": "test-backbone"}, SHAPES, 8)
+    with pytest.raises(FastslowError, match="fastslow extract"):
+        build_index(empty, tmp_path / "index" / "empty", fast, slow)
+    assert not (tmp_path / "index" / "empty").exists()
+
+
+# ----------------------------------------------------------------------------- add
+
+
+def test_add_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
+    store = make_store(tmp_path, count=30)
+    fast, slow = make_models(store)
+    directory = tmp_path / "index" / "main"
+    build_index(store, directory, fast, slow, AnnParams(M=8, ef_construction=64))
+    before = SearchIndex.open(directory)
+    old_vectors = fast.encode_items(store.load())
+    old_top = before.ann.query(old_vectors, 5)
+    old_memory = before.memories(range(30))
+    old_frames = np.array(before.frame_vectors)
+
+    assert add_to_index(store, directory, fast, slow).items == 0  # nothing new: nothing to do
+
+    add_rows(store, tmp_path / "media", item_specs(12, first=30), seed=1)
+
+    calls: list[int] = []
+    original = fast.encode_items
+
+    def counting(table, batch_size=256):  # type: ignore[no-untyped-def]
+        calls.append(len(table.ids))
+        return original(table, batch_size)
+
+    fast.encode_items = counting  # type: ignore[method-assign]
+    try:
+        report = add_to_index(store, directory, fast, slow)
+    finally:
+        del fast.encode_items
+    assert report.items == 12
+    new_frames = sum(f for _, f in item_specs(12, first=30) if f > 1)
+    assert calls == [12, new_frames]  # new items, then the new videos' frames; no old item re-encoded
+
+    after = SearchIndex.open(directory)
+    table = store.load()
+    assert after.count == 42 and after.items["id"] == table.ids  # ids are sorted: 30.. come after 0..29
+    assert after.items["label"] == list(range(42))
+    assert after.manifest["images"] == 28 and after.manifest["videos"] == 14
+    # Old items: same labels, same memory, same frame vectors, still their own top-1.
+    for e, g in zip(old_memory, after.memories(range(30))):
+        np.testing.assert_array_equal(e, g)
+    np.testing.assert_array_equal(np.asarray(after.frame_vectors[: len(old_frames)]), old_frames)
+    labels, _ = after.ann.query(old_vectors, 1)
+    assert labels[:, 0].tolist() == old_top[0][:, 0].tolist() == list(range(30))
+    # New items: memory and vectors as a full encode gives them.
+    new_table = store.load(table.ids[30:])
+    for e, g in zip(slow.encode_items(new_table), after.memories(range(30, 42))):
+        np.testing.assert_array_equal(e, g)
+    labels, _ = after.ann.query(fast.encode_items(new_table), 1)
+    assert labels[:, 0].tolist() == list(range(30, 42))
+
+
+def test_add_refuses_other_models_and_missing_slow(tmp_path: Path) -> None:
+    store = make_store(tmp_path, count=9)
+    fast, slow = make_models(store)
+    directory = tmp_path / "index" / "main"
+    build_index(store, directory, fast, slow)
+    add_rows(store, tmp_path / "media", item_specs(3, first=9), seed=1)
+    other_fast, other_slow = make_models(store, seed=1, fast_hash="fast-b", slow_hash="slow-b")
+    files = index_files(directory)
+    with pytest.raises(FastslowError, match="Fast model models/fast-a"):
+        add_to_index(store, directory, other_fast, slow)
+    with pytest.raises(FastslowError, match="Slow model models/slow-a"):
+        add_to_index(store, directory, fast, other_slow)
+    with pytest.raises(FastslowError, match="--slow"):
+        add_to_index(store, directory, fast, None)  # would leave the new items without Slow memory
+    assert index_files(directory) == files
+
+
+# ----------------------------------------------------------------------------- model checks
+
+
+def test_check_models_refuses_other_content_hash(built: tuple[FeatureStore, NativeFast, NativeSlow, Path]) -> None:
+    store, fast, slow, directory = built
+    index = SearchIndex.open(directory)
+    index.check_models(fast, slow)
+    index.check_models(fast, None)
+    other_fast, other_slow = make_models(store, fast_hash="fast-b", slow_hash="slow-b")
+    with pytest.raises(FastslowError) as exc:
+        index.check_models(other_fast, slow)
+    message = str(exc.value)
+    assert "\n" not in message and str(directory) in message
+    assert "models/fast-a" in message and "models/fast-b" in message and "fastslow index build" in message
+    with pytest.raises(FastslowError) as exc:
+        index.check_models(fast, other_slow)
+    assert "\n" not in str(exc.value) and "models/slow-a" in str(exc.value) and "models/slow-b" in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- atomicity
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_build_leaves_old_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(tmp_path, count=30)
+    fast, slow = make_models(store)
+    directory = tmp_path / "index" / "main"
+    build_index(store, directory, fast, slow)
+    files = index_files(directory)
+    add_rows(store, tmp_path / "media", item_specs(6, first=30), seed=1)
+
+    monkeypatch.setattr(index_mod, "CHUNK", 8)  # several chunks, so the crash lands mid-way
+    original = fast.encode_items
+    seen: list[int] = []
+    fail_at = [5]  # build: chunk 3's item vectors; add: the new videos' frame vectors
+
+    def failing(table, batch_size=256):  # type: ignore[no-untyped-def]
+        seen.append(len(table.ids))
+        if len(seen) == fail_at[0]:
+            raise Crash("encoder died")
+        return original(table, batch_size)
+
+    fast.encode_items = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Crash):
+            build_index(store, directory, fast, slow)
+        seen.clear()
+        fail_at[0] = 2
+        with pytest.raises(Crash):
+            add_to_index(store, directory, fast, slow)
+    finally:
+        del fast.encode_items
+    assert index_files(directory) == files
+    assert sorted(p.name for p in directory.parent.iterdir()) == [".main.lock", "main"]  # no temporary folder left
+    index = SearchIndex.open(directory)
+    assert index.count == 30
+    labels, _ = index.ann.query(fast.encode_items(store.load(index.items["id"])), 1)
+    assert labels[:, 0].tolist() == list(range(30))
+
+
+def test_crash_between_renames_is_recovered(built: tuple[FeatureStore, NativeFast, NativeSlow, Path], tmp_path: Path) -> None:
+    """`kill -9` after the live folder was moved aside, before the new one was moved in."""
+    store, fast, _, src = built
+    parent = tmp_path / "index"
+    parent.mkdir()
+    old = parent / f".main.old-{DEAD_PID}"
+    shutil.copytree(src, old)
+    building = parent / f".main.building-{DEAD_PID}"
+    building.mkdir()
+    (building / "hnsw.bin").write_bytes(b"half")
+    live_other = parent / f".other.building-{os.getppid()}"  # another index, being built by a live process
+    live_other.mkdir()
+    files = index_files(old)
+
+    index = SearchIndex.open(parent / "main")
+    assert index.count == 36
+    assert index_files(parent / "main") == files
+    assert sorted(p.name for p in parent.iterdir()) == [live_other.name, "main"]
+    labels, _ = index.ann.query(fast.encode_items(store.load()), 1)
+    assert labels[:, 0].tolist() == list(range(36))
+
+
+def test_swap_of_a_live_writer_is_left_alone(built: tuple[FeatureStore, NativeFast, NativeSlow, Path], tmp_path: Path) -> None:
+    """A reader arriving between a live writer's two renames must not undo its swap."""
+    _, _, _, src = built
+    parent = tmp_path / "index"
+    parent.mkdir()
+    mid_swap = parent / f".main.old-{os.getppid()}"  # a live process that is not us
+    shutil.copytree(src, mid_swap)
+    with pytest.raises(FastslowError, match="no index at"):
+        SearchIndex.open(parent / "main")
+    assert mid_swap.exists() and not (parent / "main").exists()
+
+
+def test_stale_old_folder_never_replaces_live_index(built: tuple[FeatureStore, NativeFast, NativeSlow, Path], tmp_path: Path) -> None:
+    """A crash after the new folder was moved in (old one not yet deleted): the new one stays."""
+    _, _, _, src = built
+    directory = copy_index(src, tmp_path)
+    stale = directory.parent / f".main.old-{DEAD_PID}"
+    stale.mkdir()
+    (stale / "manifest.json").write_text("{}")
+    files = index_files(directory)
+    recover(directory)
+    assert not stale.exists()
+    assert index_files(directory) == files
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+@pytest.mark.parametrize("damage", ["flip_hnsw", "truncate_hnsw", "truncate_memory", "drop_items", "bad_manifest", "no_index"])
+def test_damaged_index_is_a_clear_error(built: tuple[FeatureStore, NativeFast, NativeSlow, Path], tmp_path: Path, damage: str) -> None:
+    _, _, _, src = built
+    directory = copy_index(src, tmp_path)
+    if damage == "flip_hnsw":
+        data = bytearray((directory / "hnsw.bin").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (directory / "hnsw.bin").write_bytes(bytes(data))
+    elif damage == "truncate_hnsw":
+        data = (directory / "hnsw.bin").read_bytes()
+        (directory / "hnsw.bin").write_bytes(data[: len(data) // 3])
+    elif damage == "truncate_memory":
+        data = (directory / "slow_memory.f16").read_bytes()
+        (directory / "slow_memory.f16").write_bytes(data[:100])
+    elif damage == "drop_items":
+        (directory / "items.parquet").unlink()
+    elif damage == "bad_manifest":
+        (directory / "manifest.json").write_text("{ not json")
+    else:
+        shutil.rmtree(directory)
+    with pytest.raises(FastslowError) as exc:
+        SearchIndex.open(directory)
+    message = str(exc.value)
+    assert "\n" not in message and str(directory) in message
+    assert "fastslow index build" in message
+
+
+def test_one_writer_at_a_time(built: tuple[FeatureStore, NativeFast, NativeSlow, Path], tmp_path: Path) -> None:
+    store, fast, slow, src = built
+    directory = copy_index(src, tmp_path)
+    files = index_files(directory)
+    with writer_lock(directory):  # another process building or adding to this index
+        with pytest.raises(FastslowError, match="being written by another process"):
+            build_index(store, directory, fast, slow)
+        with pytest.raises(FastslowError, match="being written by another process"):
+            add_to_index(store, directory, fast, slow)
+        assert SearchIndex.open(directory).count == 36  # readers are not blocked
+    assert index_files(directory) == files
+    build_index(store, tmp_path / "index" / "other", fast, None)  # other names are independent
+
+
+def test_write_index_from_precomputed_chunks(tmp_path: Path) -> None:
+    """The writer `build_index` uses, fed directly (as benchmarks do): labels run across chunks."""
+    rng = np.random.default_rng(0)
+
+    def unit(rows: int) -> np.ndarray:
+        x = rng.standard_normal((rows, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    frames = np.array([1, 3, 1, 2, 1])
+    vectors, frame_vectors = unit(5), unit(int(frames.sum()))
+    memories = [rng.standard_normal((4 * int(f), 6)).astype(np.float16) for f in frames]
+    starts = np.concatenate([[0], np.cumsum(frames)])
+
+    def chunk(a: int, b: int, with_memory: bool = True) -> IndexChunk:
+        return IndexChunk(
+            ids=[f"v{i}" for i in range(a, b)],
+            paths=[f"/media/v{i}" for i in range(a, b)],
+            kinds=["image" if f == 1 else "video" for f in frames[a:b]],
+            frames=frames[a:b],
+            timestamps=[[0.5 * t for t in range(int(f))] for f in frames[a:b]],
+            vectors=vectors[a:b],
+            frame_vectors=frame_vectors[starts[a] : starts[b]],
+            memories=memories[a:b] if with_memory else None,
+        )
+
+    directory = tmp_path / "index" / "pre"
+    identity = {"path": "p", "content_hash": "h"}
+    write = lambda chunks: write_index(directory, chunks, identity, identity, 6, AnnParams(M=4), "set", "fp")  # noqa: E731
+    assert write([chunk(0, 2), chunk(2, 5)]) == 5
+    index = SearchIndex.open(directory)
+    assert index.items["id"] == [f"v{i}" for i in range(5)] and index.items["label"] == list(range(5))
+    assert (index.manifest["images"], index.manifest["videos"], index.manifest["memory"]) == (3, 2, {"width": 6, "rows": 32})
+    np.testing.assert_array_equal(np.asarray(index.frame_vectors), frame_vectors)
+    for e, g in zip(memories, index.memories(range(5))):
+        np.testing.assert_array_equal(e, g)
+    assert index.ann.query(vectors, 1)[0][:, 0].tolist() == list(range(5))
+    assert index.best_timestamp(1, frame_vectors[starts[1] + 2]) == 1.0
+
+    files = index_files(directory)
+    with pytest.raises(ValueError, match="memories"):
+        write([chunk(0, 2), chunk(2, 5, with_memory=False)])
+    with pytest.raises(ValueError, match="at least one item"):
+        write([])
+    assert index_files(directory) == files
+    assert sorted(p.name for p in directory.parent.iterdir()) == [".pre.lock", "pre"]

@@ -1,0 +1,179 @@
+"""Search: Fast top-k, Slow re-ranking of the top K only, blending, queries, model checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_index import make_models, make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+
+from fastslow_cli.ann import AnnParams
+from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.index import SearchIndex, build_index
+from fastslow_cli.retrieval import NativeFast, NativeSlow
+from fastslow_cli.search import Result, Searcher, blend, check_query
+from fastslow_cli.store import FeatureStore
+
+QUERIES = [
+    "a red circle left of a blue square",
+    "two cats sleep under a big tree",
+    "a dog",
+    "  A   GREEN triangle!  ",
+    "zebra unknown words only",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Searcher, NativeFast, NativeSlow]:
+    root = tmp_path_factory.mktemp("search")
+    store = make_store(root, count=45)
+    fast, slow = make_models(store)
+    # ef_search >= count: HNSW is exact here, so Fast order can be checked against brute force.
+    build_index(store, root / "index" / "main", fast, slow, AnnParams(M=8, ef_construction=64, ef_search=64))
+    return Searcher(SearchIndex.open(root / "index" / "main"), fast, slow), fast, slow
+
+
+def key(results: list[Result]) -> list[tuple[str, float, float, float | None, float | None]]:
+    return [(r.id, r.score, r.fast_score, r.slow_score, r.timestamp) for r in results]
+
+
+def test_fast_search_matches_brute_force(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    searcher, fast, _ = setup
+    index = searcher.index
+    table_vectors = fast.encode_items(store_of(searcher).load(index.items["id"]))
+    for query in QUERIES:
+        results = searcher.search(query, k=10)
+        qvec = fast.encode_texts([check_query(query)])[0]
+        exact = np.argsort(-(table_vectors @ qvec), kind="stable")[:10]
+        assert [r.id for r in results] == [index.items["id"][i] for i in exact]
+        assert [r.rank for r in results] == list(range(1, 11))
+        assert all(r.query == query and r.slow_score is None for r in results)
+        np.testing.assert_allclose([r.score for r in results], (table_vectors @ qvec)[exact], atol=1e-5)
+        assert [r.score for r in results] == [r.fast_score for r in results]
+        for r in results:
+            label = index.items["id"].index(r.id)
+            assert r.kind == index.items["kind"][label] and r.path == index.items["path"][label]
+            assert (r.timestamp is None) == (r.kind == "image")
+            if r.kind == "video":
+                a, b = index.frame_offsets[label], index.frame_offsets[label + 1]
+                best = int(np.argmax(np.asarray(index.frame_vectors[a:b]) @ qvec))
+                assert r.timestamp == index.items["timestamps"][label][best]
+
+
+def store_of(searcher: Searcher) -> FeatureStore:
+    return FeatureStore(Path(searcher.index.manifest["feature_set"]))
+
+
+def test_single_and_batch_identical(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    searcher, _, _ = setup
+    for rerank in (0, 7):
+        one_by_one = [searcher.search(q, k=9, rerank=rerank) for q in QUERIES]
+        batch = searcher.search_many(QUERIES, k=9, rerank=rerank)
+        assert batch == one_by_one  # bit-identical: ids, ranks, every score, timestamps
+        # The same query twice gives the same answer (no hidden state between queries).
+        assert [key(rs) for rs in one_by_one] == [key(searcher.search(q, k=9, rerank=rerank)) for q in QUERIES]
+    assert searcher.search_many([]) == []
+
+
+@pytest.mark.parametrize("k, rerank", [(12, 5), (5, 12), (10, 10), (3, 1)])
+def test_rerank_only_reorders_top_k(setup: tuple[Searcher, NativeFast, NativeSlow], k: int, rerank: int) -> None:
+    searcher, _, slow = setup
+    for query in QUERIES:
+        plain = searcher.search(query, k=max(k, rerank))
+        reranked = searcher.search(query, k=k, rerank=rerank)
+        assert len(reranked) == k
+        head = min(k, rerank)
+        # The first K are the Fast top-K, in another order...
+        assert {r.id for r in reranked[:head]} <= {r.id for r in plain[:rerank]}
+        if k >= rerank:
+            assert {r.id for r in reranked[:rerank]} == {r.id for r in plain[:rerank]}
+        # ... sorted by the Slow score, which is the Slow model's score of the cached memory...
+        labels = [searcher.index.items["id"].index(r.id) for r in plain[:rerank]]
+        direct = slow.score([check_query(query)], searcher.index.memories(labels))[0]
+        by_id = dict(zip((r.id for r in plain[:rerank]), direct))
+        assert [r.slow_score for r in reranked[:head]] == pytest.approx([by_id[r.id] for r in reranked[:head]], abs=1e-5)
+        assert [r.score for r in reranked[:head]] == [r.slow_score for r in reranked[:head]]  # alpha 0
+        assert all(a.score >= b.score for a, b in zip(reranked[:head], reranked[1:head]))
+        expected_order = sorted(by_id, key=lambda i: -by_id[i])[:head]
+        assert [r.id for r in reranked[:head]] == expected_order
+        fast_of = {r.id: r.fast_score for r in plain}
+        assert [r.fast_score for r in reranked] == [fast_of[r.id] for r in reranked]
+        # ... and everything below K keeps its Fast order and score.
+        assert key(reranked[rerank:]) == key(plain[rerank:k])
+        assert all(r.slow_score is None for r in reranked[rerank:])
+
+
+def test_blend() -> None:
+    fast = np.array([0.9, 0.5, 0.1])
+    slow = np.array([-3.0, -1.0, -2.0])
+    np.testing.assert_array_equal(blend(fast, slow, 0.0), slow)  # alpha 0: the Slow score itself
+    np.testing.assert_allclose(np.argsort(-blend(fast, slow, 1.0)), [0, 1, 2])  # alpha 1: Fast order
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    np.testing.assert_allclose(blend(fast, slow, 0.3), 0.7 * z(slow) + 0.3 * z(fast))
+    np.testing.assert_array_equal(blend(fast[:1], slow[:1], 0.5), [0.0])  # one candidate: nothing to standardise
+
+
+def test_alpha_one_keeps_fast_order(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    searcher, _, _ = setup
+    for query in QUERIES:
+        plain = searcher.search(query, k=8)
+        mixed = searcher.search(query, k=8, rerank=8, alpha=1.0)
+        assert [r.id for r in mixed] == [r.id for r in plain]
+        assert all(r.slow_score is not None for r in mixed)
+
+
+def test_k_larger_than_item_count(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    searcher, _, _ = setup
+    results = searcher.search("a dog on the beach", k=1000, rerank=500)
+    assert len(results) == searcher.index.count == 45
+    assert sorted(r.id for r in results) == sorted(searcher.index.items["id"])
+    assert [r.rank for r in results] == list(range(1, 46))
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t\n", "?!...", "-- ** --", "\x00\x01"])
+def test_empty_or_punctuation_query_is_usage_error(setup: tuple[Searcher, NativeFast, NativeSlow], query: str) -> None:
+    searcher, _, _ = setup
+    with pytest.raises(UsageError) as exc:
+        searcher.search(query)
+    assert "\n" not in str(exc.value) and "no words" in str(exc.value)
+    with pytest.raises(UsageError):
+        searcher.search_many(["a dog", query])
+
+
+def test_check_query() -> None:
+    assert check_query("  a\tdog \n on  the beach ") == "a dog on the beach"
+    assert check_query("café") == "café"
+    assert check_query("狗") == "狗"
+    with pytest.raises(UsageError, match="keep it under"):
+        check_query("dog " * 400)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"k": 0}, "-k"), ({"rerank": -1}, "--rerank"), ({"rerank": 3, "alpha": 1.5}, "--alpha"), ({"ef": 0}, "ef")],
+)
+def test_bad_options(setup: tuple[Searcher, NativeFast, NativeSlow], kwargs: dict, match: str) -> None:
+    searcher, _, _ = setup
+    with pytest.raises(FastslowError, match=match):
+        searcher.search("a dog", **kwargs)
+
+
+def test_rerank_needs_slow_and_other_models_refused(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    searcher, fast, slow = setup
+    fast_only = Searcher(searcher.index, fast, None)
+    assert len(fast_only.search("a dog", k=3)) == 3
+    with pytest.raises(UsageError, match="Slow model"):
+        fast_only.search("a dog", k=3, rerank=5)
+    store_models = make_models(store_of(searcher), fast_hash="fast-b", slow_hash="slow-b")
+    with pytest.raises(FastslowError, match="models/fast-b"):
+        Searcher(searcher.index, store_models[0], slow)
+    with pytest.raises(FastslowError, match="models/slow-b"):
+        Searcher(searcher.index, fast, store_models[1])
+
+
+def test_result_json_fields(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    searcher, _, _ = setup
+    row = searcher.search("a dog", k=1, rerank=2)[0].to_json()
+    assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp"]
+    assert row["rank"] == 1 and isinstance(row["slow_score"], float)
