@@ -287,13 +287,18 @@ def evaluate(
     distilled: Annotated[Optional[str], typer.Option(help="A distilled Fast model to compare (name or folder).")] = None,
     rerank: Annotated[int, typer.Option(min=0, help="Also measure Fast top-K re-ranked by Slow through an index.")] = 0,
     alpha: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Fast weight when re-ranking.")] = None,
+    queries: Annotated[
+        Optional[int], typer.Option("--queries", min=1, help="Evaluate a seeded random subset of this many captions.")
+    ] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """R@1/5/10, median rank, twin accuracy and ms/query of fast, slow, distilled and fast+rerank."""
     from fastslow_cli.commands import eval_command
 
-    rows = eval_command(workspace, captions, split, set_name, fast or None, slow or None, distilled, rerank, alpha, device)
+    rows = eval_command(
+        workspace, captions, split, set_name, fast or None, slow or None, distilled, rerank, alpha, device, queries
+    )
     if json_out:
         for row in rows:
             _emit_json(row)

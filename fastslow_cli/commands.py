@@ -244,9 +244,11 @@ class _TrainProgress:
                 self.task = self.bar.add_task(self.title, total=e["total_steps"], loss="")
             self.bar.update(self.task, completed=e["step"], loss=f"{e['loss']:.3f}")
         elif e["event"] == "epoch":
-            twin = e.get("val_twin_acc")
+            twin, loss = e.get("val_twin_acc"), e.get("loss")
             self.bar.console.print(
-                f"epoch {e['epoch']}: loss {e['loss']:.3f}  val R@1 {e['val_R@1']:.1f}  R@5 {e['val_R@5']:.1f}"
+                f"epoch {e['epoch']}: "
+                + ("" if loss is None or loss != loss else f"loss {loss:.3f}  ")
+                + f"val R@1 {e['val_R@1']:.1f}  R@5 {e['val_R@5']:.1f}"
                 + (f"  twins {twin:.1f}" if twin is not None else "")
                 + ("  *best" if e.get("best") else ""),
                 markup=False,
@@ -265,6 +267,7 @@ def eval_command(
     rerank: int,
     alpha: float | None,
     device: str,
+    max_queries: int | None = None,
 ) -> list[dict[str, Any]]:
     """Load what was asked for and measure every method on the split."""
     from fastslow_cli.dataset import captioned_set
@@ -284,15 +287,16 @@ def eval_command(
             _check_fingerprint(store, m.identity, what)
     if rerank and slow_model is None:
         raise UsageError("--rerank needs a Slow model: pass --slow NAME")
+    queries = len(data.pairs[split]) if max_queries is None else min(max_queries, len(data.pairs[split]))
     err_console.print(
-        f"eval on split '{split}': {len(data.pairs[split])} captions, {len(data.table.ids)} items",
+        f"eval on split '{split}': {queries} captions, {len(data.table.ids)} items",
         markup=False,
         highlight=False,
     )
     with err_console.status("evaluating") as status:
         return run_eval(
             store, data, split, fast_model, slow_model, distilled_model, rerank, alpha,
-            status=lambda m: status.update(f"evaluating {m}"),
+            status=lambda m: status.update(f"evaluating {m}"), max_queries=max_queries,
         )
 
 

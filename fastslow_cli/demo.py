@@ -17,9 +17,10 @@ from fastslow_cli.workspace import Workspace
 
 DEMO_SET = "demo"
 DEMO_RERANK = 20
+DEMO_QUERIES = 200  # test captions evaluated (all test items are ranked): Slow-only scores every pair
 # Epochs per step: sized so the full demo takes about 10 minutes on 2 CPU cores.
 DEMO_EPOCHS = {
-    "full": {"fast": None, "slow": None, "distill": None},
+    "full": {"fast": 15, "slow": 8, "distill": 3},
     "quick": {"fast": 4, "slow": 2, "distill": 2},
 }
 
@@ -109,7 +110,9 @@ def run_demo(workspace: Workspace, out: Path | None = None, quick: bool = False,
     with _step("6/7 build the index (HNSW + cached Slow memory)", timings, "index"):
         build_index_command(ws, set_name, distilled, slow, index, 32, 200, 256, device)
     with _step("7/7 evaluate on the test split", timings, "eval"):
-        rows = eval_command(ws, captions, "test", set_name, fast, slow, distilled, DEMO_RERANK, None, device)
+        rows = eval_command(
+            ws, captions, "test", set_name, fast, slow, distilled, DEMO_RERANK, None, device, DEMO_QUERIES
+        )
         render_eval(rows, "test", err_console)
     err_console.rule("example searches (re-ranked)")
     for results in search_command(ws, list(EXAMPLE_QUERIES), 3, DEMO_RERANK, None, None, index, device):

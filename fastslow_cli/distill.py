@@ -1,0 +1,348 @@
+"""Distillation: the Slow model teaches a trained Fast model to rank like it.
+
+For every training caption a fixed *candidate set* is drawn once: its own item, the
+`hard` items the initial student ranks highest (the confusions worth fixing) and
+`random` other items (which keep the student's global ranking calibrated; groups of
+hard negatives alone pull it away from what it already ranks well). The frozen teacher
+scores every (caption, candidate) pair once before training, from its visual memory
+computed once per item. The student is then fine-tuned on
+`kl_weight * T^2 * KL(softmax(z(teacher) / T) || softmax(student / T))` over each
+caption's candidates (z: each caption's teacher scores standardised; student: the Fast
+logits, learnt scale x cosine) plus `contrastive_weight` * the usual in-batch InfoNCE,
+with the Fast training recipe (one caption per item per epoch, kind-grouped batches,
+AdamW, warm-up + cosine). Only the batch's own items are encoded with gradients; the
+other candidates' vectors come from a cache refreshed at each epoch, so a step costs
+about what a Fast training step costs instead of (1 + hard + random) times more. The
+initial student is validated as epoch 0 and the best state by val R@1 is kept, so
+distillation never returns a model worse on val than its start.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastslow_cli.evaluate import Features, evaluate_scores
+from fastslow_cli.models.fast import FastModel
+from fastslow_cli.models.slow import SlowModel
+from fastslow_cli.text import TextTokenizer
+from fastslow_cli.train import (
+    Callback,
+    Pair,
+    TrainArgs,
+    TrainResult,
+    _check_pairs,
+    _emit,
+    _optimizer,
+    _schedule,
+    _ValSet,
+)
+
+
+@dataclass
+class DistillArgs(TrainArgs):
+    """Distillation settings (recorded in `config.json`).
+
+    Defaults: the least harmful on the demo's val split with the Slow models of Nov 2026,
+    whose re-ranking did not beat the Fast model (re-tune once it does); ~2 min on 2 cores.
+    """
+
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 2e-4
+    hard: int = 8  # nearest items by the initial student, per caption
+    random: int = 8  # random other items, per caption
+    temperature: float = 0.5  # divides the standardised teacher scores and the student logits
+    kl_weight: float = 0.3
+    contrastive_weight: float = 1.0
+    teacher_token_budget: int = 65536  # memory tokens per teacher pass (bounds its RAM)
+
+
+@dataclass
+class Candidates:
+    """Per training caption: its text, its own item first, then hard, then random items."""
+
+    texts: list[str]
+    items: np.ndarray  # (Q,) own item of each caption
+    sets: np.ndarray  # (Q, 1 + hard + random) table rows, column 0 = own item
+
+
+def _to(levels: list[torch.Tensor], mask: torch.Tensor, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return [lv.to(device) for lv in levels], mask.to(device)
+
+
+def _visual(
+    model: FastModel, features: Features, items: np.ndarray, device: torch.device, batch: int = 256
+) -> torch.Tensor:
+    """Student vectors (N, dim) of rows `items`, in order; images and videos batched apart (no padding waste)."""
+    out: list[tuple[np.ndarray, torch.Tensor]] = []
+    for pos in features.batches(items, batch):
+        out.append((pos, model.encode_visual(*_to(*features.load(items[pos]), device))))
+    order = np.concatenate([p for p, _ in out])
+    vectors = torch.cat([v for _, v in out])
+    return vectors[torch.as_tensor(np.argsort(order), device=device)]
+
+
+def _text(model: FastModel, tokenizer: TextTokenizer, texts: Sequence[str], device: torch.device, batch: int = 512) -> torch.Tensor:
+    rows = []
+    for i in range(0, len(texts), batch):
+        ids, mask = tokenizer.encode_batch(texts[i : i + batch])
+        rows.append(model.encode_text(ids.to(device), mask.to(device)))
+    return torch.cat(rows)
+
+
+def build_candidates(
+    student: FastModel,
+    tokenizer: TextTokenizer,
+    features: Features,
+    pairs: Sequence[Pair],
+    hard: int,
+    random: int,
+    seed: int,
+    device: torch.device | None = None,
+) -> Candidates:
+    """Own item + `hard` student nearest neighbours + `random` others, per caption, among the pairs' items.
+
+    Sizes shrink only when there are fewer other items than asked; never a duplicate.
+    """
+    device = device or torch.device("cpu")
+    pool = np.array(sorted({int(i) for _, i in pairs}))
+    texts = [t for t, _ in pairs]
+    own = np.array([int(i) for _, i in pairs], dtype=np.int64)
+    col = {int(it): j for j, it in enumerate(pool)}
+    own_col = np.array([col[int(i)] for i in own])
+    others = len(pool) - 1
+    hard = min(hard, others)
+    random = min(random, others - hard)
+    rng = np.random.default_rng(seed + 2)
+    sets = np.empty((len(pairs), 1 + hard + random), dtype=np.int64)
+    sets[:, 0] = own
+    student.eval()
+    with torch.inference_mode():
+        visual = _visual(student, features, pool, device) if hard else None
+        for q0 in range(0, len(texts), 1024):
+            q1 = min(q0 + 1024, len(texts))
+            block = np.empty((q1 - q0, 0), dtype=np.int64)
+            if hard:
+                sims = _text(student, tokenizer, texts[q0:q1], device) @ visual.T
+                sims[torch.arange(q1 - q0), torch.as_tensor(own_col[q0:q1])] = -torch.inf
+                block = sims.topk(hard, dim=1).indices.cpu().numpy()
+            for r in range(q1 - q0):
+                taken = np.concatenate([[own_col[q0 + r]], block[r]])
+                rand = _sample_excluding(rng, len(pool), taken, random)
+                sets[q0 + r, 1:] = pool[np.concatenate([block[r], rand])]
+    return Candidates(texts=texts, items=own, sets=sets)
+
+
+def _sample_excluding(rng: np.random.Generator, n: int, taken: np.ndarray, k: int) -> np.ndarray:
+    """`k` distinct values of range(n) not in `taken` (rejection sampling; k << n in practice)."""
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if 2 * k > n - len(taken):  # dense: sample from the explicit complement
+        free = np.setdiff1d(np.arange(n), taken)
+        return rng.choice(free, size=k, replace=False)
+    banned = set(int(t) for t in taken)
+    out: list[int] = []
+    while len(out) < k:
+        for v in rng.integers(n, size=2 * k):
+            if int(v) not in banned:
+                banned.add(int(v))
+                out.append(int(v))
+                if len(out) == k:
+                    break
+    return np.array(out, dtype=np.int64)
+
+
+@torch.inference_mode()
+def teacher_scores(
+    teacher: SlowModel,
+    tokenizer: TextTokenizer,
+    features: Features,
+    candidates: Candidates,
+    device: torch.device | None = None,
+    token_budget: int = 65536,
+) -> torch.Tensor:
+    """Teacher scores (Q, C) of every caption against its candidates, each item's memory computed once.
+
+    Pairs are sorted by item (so one pass shares each item's keys/values among the
+    captions that have it as a candidate) and cut into passes of at most `token_budget`
+    memory tokens, so images and videos are not padded to each other.
+    """
+    device = device or torch.device("cpu")
+    teacher.eval()
+    items = np.unique(candidates.sets)
+    memories: dict[int, torch.Tensor] = {}
+    for pos in features.batches(items, 64):
+        memory, mask = teacher.encode_visual(*_to(*features.load(items[pos]), device))
+        for row, m, k in zip(items[pos], memory, mask):
+            memories[int(row)] = m[: int(k.sum())]  # valid tokens lead (frame-major, padding frames last)
+    ids, mask = tokenizer.encode_batch(candidates.texts)
+    ids, mask = ids.to(device), mask.to(device).to(torch.bool)
+    flat_items = candidates.sets.reshape(-1)
+    flat_q = np.repeat(np.arange(len(candidates.texts)), candidates.sets.shape[1])
+    length = np.array([len(memories[int(i)]) for i in flat_items])
+    order = np.lexsort((flat_q, flat_items, length))
+    out = torch.empty(len(flat_items))
+    start = 0
+    while start < len(order):
+        per = max(1, token_budget // int(length[order[start]]))
+        chunk = order[start : start + per]
+        start += len(chunk)
+        uniq, inverse = np.unique(flat_items[chunk], return_inverse=True)
+        longest = max(len(memories[int(i)]) for i in uniq)
+        memory = torch.zeros(len(uniq), longest, teacher.config.width, device=device)
+        memory_mask = torch.zeros(len(uniq), longest, dtype=torch.bool, device=device)
+        for j, it in enumerate(uniq):
+            m = memories[int(it)]
+            memory[j, : len(m)] = m
+            memory_mask[j, : len(m)] = True
+        inv = torch.as_tensor(inverse, device=device)
+        kvs = [[(k[inv], v[inv]) for k, v in layer] for layer in teacher.memory_kv(memory)]
+        q = torch.as_tensor(flat_q[chunk], device=device)
+        q_ids, q_mask = ids[q], mask[q]
+        width = int(q_mask.sum(1).max())
+        parts = teacher.forward_pairs(q_ids[:, :width], q_mask[:, :width], kvs, memory_mask[inv])
+        out[torch.as_tensor(chunk)] = teacher.blend(teacher.components(parts, q_mask[:, :width])).float().cpu()
+    return out.view(candidates.sets.shape)
+
+
+def standardise(scores: torch.Tensor) -> torch.Tensor:
+    """Each row to mean 0, std 1: Slow scores (mean log-likelihood, plus an ITM logit or not)
+    have no fixed scale, so one temperature fits any teacher."""
+    return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp_min(1e-6)
+
+
+def kl_loss(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over rows."""
+    t = temperature
+    log_p = F.log_softmax(teacher / t, dim=1)
+    log_q = F.log_softmax(student / t, dim=1)
+    return (t * t) * F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+
+
+def distill(
+    table: Any,
+    train_pairs: Sequence[Pair],
+    val_pairs: Sequence[Pair],
+    teacher: SlowModel,
+    teacher_tokenizer: TextTokenizer,
+    student: FastModel,
+    student_tokenizer: TextTokenizer,
+    args: DistillArgs | None = None,
+    callback: Callback | None = None,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Fine-tune a copy of `student` on the teacher's scores; the best state by val R@1 (epoch 0 = start).
+
+    The epoch-0 record also holds the cost of mining (`mining_seconds`) and of the
+    teacher (`teacher_pairs`, `teacher_seconds`).
+    """
+    args = args or DistillArgs()
+    device = device or torch.device("cpu")
+    n = len(table.frame_mask)
+    _check_pairs(train_pairs, n, "train")
+    _check_pairs(val_pairs, n, "val")
+    torch.manual_seed(args.seed)
+    model = copy.deepcopy(student).to(device)
+    teacher = teacher.to(device).eval()
+    n_levels = len(table.levels)
+    s_features = Features(table, [n_levels - 1])
+    t_features = Features(table, list(range(teacher.config.finest_level, n_levels)))
+    val = _ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
+
+    def validate() -> dict[str, Any]:
+        model.eval()
+        with torch.inference_mode():
+            visual = _visual(model, s_features, val.items, device)
+            scores = (_text(model, student_tokenizer, val.texts, device) @ visual.T).cpu().numpy()
+        return evaluate_scores(scores, val.texts, val.gt, val.twins)
+
+    start = time.perf_counter()
+    cands = build_candidates(model, student_tokenizer, s_features, train_pairs, args.hard, args.random, args.seed, device)
+    mining = time.perf_counter() - start
+    t0 = time.perf_counter()
+    targets = standardise(teacher_scores(teacher, teacher_tokenizer, t_features, cands, device, args.teacher_token_budget))
+    teaching = time.perf_counter() - t0
+
+    by_item: dict[int, list[int]] = {}
+    for q, it in enumerate(cands.items):
+        by_item.setdefault(int(it), []).append(q)
+    items = np.array(sorted(by_item))
+    rng = np.random.default_rng(args.seed)
+    steps_per_epoch = len([b for b in s_features.batches(items, args.batch_size, np.random.default_rng(0)) if len(b) > 1])
+    total = max(1, steps_per_epoch * args.epochs)
+    opt = _optimizer(model, args)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, args.warmup))
+
+    metrics = validate()
+    best = {
+        "epoch": 0,
+        "step": 0,
+        **{f"val_{k}": v for k, v in metrics.items()},
+        "teacher_pairs": int(cands.sets.size),
+        "teacher_seconds": round(teaching, 2),
+        "mining_seconds": round(mining, 2),
+        "seconds": round(time.perf_counter() - start, 2),
+        "best": True,
+    }
+    history = [dict(best)]
+    _emit(callback, {"event": "epoch", **best})
+    best_state = copy.deepcopy(model.state_dict())
+    step = 0
+    pool = np.unique(cands.sets)
+    col_of = np.full(n, -1, dtype=np.int64)
+    col_of[pool] = np.arange(len(pool))
+    for epoch in range(1, args.epochs + 1):
+        model.eval()
+        with torch.inference_mode():  # candidates' vectors, refreshed once per epoch
+            cache = _visual(model, s_features, pool, device).clone()
+        model.train()
+        losses: dict[str, list[float]] = {"loss": [], "kl": [], "contrastive": []}
+        for pos in s_features.batches(items, args.batch_size, rng):
+            if len(pos) < 2:
+                continue
+            qs = np.array([by_item[int(i)][rng.integers(len(by_item[int(i)]))] for i in items[pos]])
+            own = model.encode_visual(*_to(*s_features.load(items[pos]), device))
+            others = cache[torch.as_tensor(col_of[cands.sets[qs, 1:]], device=device)]
+            visual = torch.cat([own[:, None], others], dim=1)
+            ids, mask = student_tokenizer.encode_batch([cands.texts[q] for q in qs])
+            text = model.encode_text(ids.to(device), mask.to(device))
+            scale = model.logit_scale.clamp(max=float(np.log(100.0))).exp()
+            logits = scale * torch.einsum("bd,bcd->bc", text, visual)
+            kl = kl_loss(targets[torch.as_tensor(qs)].to(device), logits, args.temperature)
+            contrastive = model.contrastive_loss(text, own)
+            loss = args.kl_weight * kl + args.contrastive_weight * contrastive
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in (("loss", loss), ("kl", kl), ("contrastive", contrastive)):
+                losses[k].append(float(v.detach()))
+            _emit(callback, {"event": "step", "epoch": epoch, "step": step, "total_steps": total, "loss": losses["loss"][-1]})
+        metrics = validate()
+        record = {
+            "epoch": epoch,
+            "step": step,
+            **{k: float(np.mean(v)) if v else float("nan") for k, v in losses.items()},
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "lr": float(sched.get_last_lr()[0]),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        record["best"] = (metrics["R@1"], metrics["R@5"]) > (best["val_R@1"], best["val_R@5"])
+        if record["best"]:
+            best = dict(record)
+            best_state = copy.deepcopy(model.state_dict())
+        history.append(record)
+        _emit(callback, {"event": "epoch", **record})
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model=model, tokenizer=student_tokenizer, history=history, best=best)

@@ -1,0 +1,172 @@
+"""Model folders: `config.json` + `model.safetensors` + `tokenizer.json`.
+
+Each file is written atomically; `config.json` is written last and records the sha256
+of the other two, so a folder torn by a crash between files (new weights, old config)
+is detected on load instead of silently mixing two models. Weights are safetensors:
+no pickles, nothing executes on load. The config records the feature set the model was
+trained on (fingerprint and level shapes) so it is never run on other features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fastslow_cli.atomic import atomic_path, atomic_write_json
+from fastslow_cli.errors import FastslowError
+from fastslow_cli.models.fast import FastConfig, FastModel
+from fastslow_cli.models.slow import SlowConfig, SlowModel
+from fastslow_cli.text import TextTokenizer
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+FORMAT = "fastslow-model"
+FORMAT_VERSION = 1
+KINDS = {"fast": (FastConfig, FastModel), "slow": (SlowConfig, SlowModel)}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, its tokenizer and its whole `config.json`."""
+
+    model: FastModel | SlowModel
+    tokenizer: TextTokenizer
+    config: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.config["kind"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(
+    model_dir: str | Path,
+    model: FastModel | SlowModel,
+    tokenizer: TextTokenizer,
+    features: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model folder; `features` holds at least `fingerprint` (and e.g. `set`, `levels`).
+
+    `training` records the training arguments, `extra` anything else worth keeping
+    (best epoch, validation metrics, teacher of a distilled model).
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(model_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "kind": model.kind})
+    tokenizer.save(model_dir / TOKENIZER)
+    config = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": model.kind,
+        "architecture": model.config.to_dict(),
+        "features": {**features, "levels": [list(s) for s in model.config.level_shapes]},
+        "training": training or {},
+        **(extra or {}),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sha256": {WEIGHTS: _sha256(model_dir / WEIGHTS), TOKENIZER: _sha256(model_dir / TOKENIZER)},
+    }
+    atomic_write_json(model_dir / CONFIG, config)
+    return model_dir
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    """The parsed `config.json` of a model folder, checked for format and kind."""
+    path = Path(model_dir) / CONFIG
+    if not path.is_file():
+        raise FastslowError(f"{path} not found: train a model first (fastslow train fast|slow) or check --workspace")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FastslowError(f"{path} is not valid JSON: retrain the model") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("kind") not in KINDS:
+        raise FastslowError(f"{path} is not a fastslow model config: retrain the model")
+    if config.get("version", 0) > FORMAT_VERSION:
+        raise FastslowError(f"{path} was written by a newer fastslow: upgrade fastslow")
+    return config
+
+
+def check_features(config: dict[str, Any], fingerprint: str | None, level_shapes: Any, where: str) -> None:
+    """Refuse features other than those the model was trained on (one-line message)."""
+    want = config.get("features", {})
+    if level_shapes is not None:
+        got = [list(map(int, s)) for s in level_shapes]
+        if got != want.get("levels"):
+            raise FastslowError(
+                f"{where}: the model expects feature levels {want.get('levels')} but the feature set has {got}; "
+                "use the feature set it was trained on or retrain"
+            )
+    if fingerprint is not None and want.get("fingerprint") not in (None, fingerprint):
+        raise FastslowError(
+            f"{where}: the model was trained on features {want.get('fingerprint')} (set "
+            f"{want.get('set', '?')!r}) but the feature set is {fingerprint}; use that set or retrain"
+        )
+
+
+def load_model(
+    model_dir: str | Path,
+    kind: str | None = None,
+    fingerprint: str | None = None,
+    level_shapes: Any = None,
+) -> LoadedModel:
+    """Load a model folder for inference (eval mode), checking kind, integrity and features."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    if kind is not None and config["kind"] != kind:
+        raise FastslowError(f"{model_dir} holds a {config['kind']} model, not a {kind} one: pass a {kind} model")
+    check_features(config, fingerprint, level_shapes, str(model_dir))
+    for name in (WEIGHTS, TOKENIZER):
+        path = model_dir / name
+        if not path.is_file():
+            raise FastslowError(f"{path} is missing: the model folder is incomplete, retrain it")
+        if config.get("sha256", {}).get(name) != _sha256(path):
+            raise FastslowError(f"{path} does not match {model_dir / CONFIG} (interrupted save?): retrain the model")
+    cfg_cls, model_cls = KINDS[config["kind"]]
+    known = {f.name for f in fields(cfg_cls)}
+    arch = config.get("architecture", {})
+    unknown = sorted(set(arch) - known)
+    if unknown:
+        raise FastslowError(f"{model_dir / CONFIG} has unknown settings {unknown}: upgrade fastslow")
+    try:
+        model = model_cls(cfg_cls(**arch))
+        model.load_state_dict(load_file(str(model_dir / WEIGHTS)))
+    except (RuntimeError, ValueError, TypeError, OSError) as exc:
+        raise FastslowError(f"{model_dir / WEIGHTS} does not fit its config: retrain the model") from exc
+    model.eval()
+    return LoadedModel(model=model, tokenizer=TextTokenizer.load(model_dir / TOKENIZER), config=config)
+
+
+def content_hash(model_dir: str | Path) -> str:
+    """sha256 of the weights and tokenizer bytes: what an index records to refuse another model."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for name in (WEIGHTS, TOKENIZER):
+        path = model_dir / name
+        if not path.is_file():
+            raise FastslowError(f"{path} is missing: the model folder is incomplete, retrain it")
+        h.update(name.encode())
+        h.update(_sha256(path).encode())
+    return h.hexdigest()
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Number of trainable values, for summaries."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,440 @@
+"""Training loops for the Fast and Slow models on stored features and matched captions.
+
+Both loops share the recipe: an epoch is one pass over the training *items* (one of
+each item's captions, drawn at random, so a batch never holds two captions of one item
+as false negatives); batches hold items of one kind (single-frame images, or multi-frame
+videos padded to the batch's longest) so images are not padded to video length;
+AdamW with linear warm-up and cosine decay; after each epoch the model is measured on
+(a fixed subset of) the validation split and the best state by val R@1 (then R@5) is
+kept. Everything random draws from generators seeded by `seed`, so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastslow_cli.errors import FastslowError
+from fastslow_cli.evaluate import (
+    Features,
+    evaluate_scores,
+    model_device,
+    fast_score_matrix,
+    fast_visual_vectors,
+    find_twins,
+    slow_memory,
+)
+from fastslow_cli.models.fast import FastConfig, FastModel
+from fastslow_cli.models.slow import SlowConfig, SlowModel
+from fastslow_cli.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TextTokenizer
+
+Callback = Callable[[dict[str, Any]], None]
+Pair = tuple[str, int]  # (caption text, row of the item in the feature table)
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation settings shared by both models (recorded in `config.json`)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05  # fraction of all steps
+    seed: int = 0
+    val_items: int = 1000  # cap on validation items measured after each epoch
+    val_texts: int = 1000  # cap on validation captions
+    val_start: float = 0.0  # validate (and select) only after this fraction of the epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SlowTrainArgs(TrainArgs):
+    """Slow-model extras: the image-text matching term and feature augmentation."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 5e-4
+    val_items: int = 100
+    val_texts: int = 100
+    val_start: float = 0.4  # early epochs are never the best: skip their (costly) validation
+    itm_loss_weight: float = 1.0  # weight of the matching loss next to captioning
+    itm_start: float = 0.0  # fraction of steps trained on captioning alone first
+    hard_temperature: float = 0.1  # sampling of hard negatives by caption word overlap
+    swap_negatives: float = 0.5  # share of text negatives made by swapping two words
+    token_drop: float = 0.0  # share of memory tokens hidden from the decoders in training
+    word_drop: float = 0.0  # share of caption words the decoders read as [UNK] in training
+    itc_loss_weight: float = 1.0  # weight of the auxiliary contrastive term (if the model has one)
+
+
+@dataclass
+class TrainResult:
+    """The best model (by val R@1), its tokenizer, per-epoch history and the best epoch's record."""
+
+    model: torch.nn.Module
+    tokenizer: TextTokenizer
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_pairs(pairs: Sequence[Pair], n_items: int, split: str) -> None:
+    if not pairs:
+        raise FastslowError(f"no {split} captions matched a stored item: check the captions file's {split} split")
+    bad = [i for _, i in pairs if not 0 <= i < n_items]
+    if bad:
+        raise ValueError(f"{split} pair item index {bad[0]} is outside the feature table (0..{n_items - 1})")
+
+
+def _by_item(pairs: Sequence[Pair]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for text, item in pairs:
+        out.setdefault(int(item), []).append(text)
+    return out
+
+
+def _schedule(step: int, total: int, warmup: float) -> float:
+    """Learning-rate factor: linear warm-up then cosine decay to zero."""
+    w = max(1, int(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
+def _optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, embeddings' positions and the temperature."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "pos_emb" not in name and "spatial" not in name and "temporal" not in name else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+
+
+class _ValSet:
+    """A fixed validation subset: items and their captions, with twins found once."""
+
+    def __init__(self, pairs: Sequence[Pair], max_items: int, max_texts: int, seed: int) -> None:
+        by_item = _by_item(pairs)
+        items = np.array(sorted(by_item))
+        rng = np.random.default_rng(seed + 1)
+        self.items = np.sort(rng.permutation(items)[:max_items])
+        col = {int(it): j for j, it in enumerate(self.items)}
+        texts, gt = [], []
+        for it in self.items:
+            for text in by_item[int(it)]:
+                texts.append(text)
+                gt.append(col[int(it)])
+        keep = np.sort(rng.permutation(len(texts))[:max_texts])
+        self.texts = [texts[i] for i in keep]
+        self.gt = np.array([gt[i] for i in keep], dtype=np.int64)
+        self.twins = find_twins(self.texts, self.gt)
+
+
+def _to_device(batch: tuple[list[torch.Tensor], torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    levels, frame_mask = batch
+    return [lv.to(device) for lv in levels], frame_mask.to(device)
+
+
+def _epoch_texts(by_item: dict[int, list[str]], items: np.ndarray, rng: np.random.Generator) -> list[str]:
+    return [by_item[int(i)][rng.integers(len(by_item[int(i)]))] for i in items]
+
+
+def _emit(callback: Callback | None, event: dict[str, Any]) -> None:
+    if callback is not None:
+        callback(event)
+
+
+def _run(
+    model: torch.nn.Module,
+    tokenizer: TextTokenizer,
+    features: Features,
+    train_pairs: Sequence[Pair],
+    val: _ValSet,
+    args: TrainArgs,
+    step_loss: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict]],
+    validate: Callable[[], dict[str, Any]],
+    callback: Callback | None,
+    device: torch.device,
+) -> TrainResult:
+    """The loop shared by both models: epochs of batches, validation, best-state selection."""
+    by_item = _by_item(train_pairs)
+    items = np.array(sorted(by_item))
+    rng = np.random.default_rng(args.seed)
+    steps_per_epoch = len([b for b in features.batches(items, args.batch_size, np.random.default_rng(0)) if len(b) > 1])
+    total = max(1, steps_per_epoch * args.epochs)
+    opt = _optimizer(model, args)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, args.warmup))
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    best_state = copy.deepcopy(model.state_dict())
+    step, start = 0, time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        losses: list[float] = []
+        extras: dict[str, list[float]] = {}
+        for pos in features.batches(items, args.batch_size, rng):
+            if len(pos) < 2:
+                continue
+            idx = items[pos]
+            levels, frame_mask = _to_device(features.load(idx), device)
+            ids, mask = (t.to(device) for t in tokenizer.encode_batch(_epoch_texts(by_item, idx, rng)))
+            loss, parts = step_loss(levels, frame_mask, ids, mask, step / total)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            for k, v in parts.items():
+                extras.setdefault(k, []).append(v)
+            _emit(callback, {"event": "step", "epoch": epoch, "step": step, "total_steps": total, "loss": losses[-1]})
+        model.eval()
+        measured = epoch == args.epochs or epoch > args.val_start * args.epochs
+        metrics = validate() if measured else {}
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            **{k: float(np.mean(v)) for k, v in extras.items()},
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "lr": float(sched.get_last_lr()[0]),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        key = (metrics.get("R@1", -1.0), metrics.get("R@5", -1.0))
+        record["best"] = measured and (not best or key > (best["val_R@1"], best["val_R@5"]))
+        if record["best"]:
+            best = dict(record)
+            best_state = copy.deepcopy(model.state_dict())
+        history.append(record)
+        _emit(callback, {"event": "epoch", **record})
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model=model, tokenizer=tokenizer, history=history, best=best)
+
+
+def _prepare(
+    table: FeatureTable,
+    train_pairs: Sequence[Pair],
+    val_pairs: Sequence[Pair],
+    tokenizer: TextTokenizer | None,
+    seed: int,
+) -> tuple[TextTokenizer, int]:
+    n = len(table.frame_mask)
+    _check_pairs(train_pairs, n, "train")
+    _check_pairs(val_pairs, n, "val")
+    torch.manual_seed(seed)
+    if tokenizer is None:
+        tokenizer = TextTokenizer.train(text for text, _ in train_pairs)
+    return tokenizer, int(np.shape(table.frame_mask)[1])
+
+
+def train_fast(
+    table: FeatureTable,
+    train_pairs: Sequence[Pair],
+    val_pairs: Sequence[Pair],
+    config: FastConfig | None = None,
+    args: TrainArgs | None = None,
+    tokenizer: TextTokenizer | None = None,
+    callback: Callback | None = None,
+    device: torch.device | str | None = None,
+) -> TrainResult:
+    """Train a Fast model on `train_pairs`, keep the epoch with the best val R@1.
+
+    `config` may leave `level_shapes`/`vocab_size` empty: they are taken from the table
+    and the tokenizer (trained on the training captions when not given).
+    """
+    args = args or TrainArgs()
+    tokenizer, t_max = _prepare(table, train_pairs, val_pairs, tokenizer, args.seed)
+    features = Features(table, [len(table.levels) - 1])
+    config = copy.deepcopy(config or FastConfig())
+    config.level_shapes = features.level_shapes()
+    config.vocab_size = tokenizer.vocab_size
+    config.max_len = tokenizer.max_len
+    config.max_frames = max(config.max_frames, t_max)
+    device = torch.device(device or "cpu")
+    model = FastModel(config).to(device)
+    val = _ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
+
+    def step_loss(levels, frame_mask, ids, mask, progress):
+        loss = model.contrastive_loss(model.encode_text(ids, mask), model.encode_visual(levels, frame_mask))
+        return loss, {"temperature": float(1.0 / model.logit_scale.detach().exp())}
+
+    def validate() -> dict[str, Any]:
+        visual = fast_visual_vectors(model, features, val.items)
+        scores, _ = fast_score_matrix(model, tokenizer, val.texts, visual)
+        return evaluate_scores(scores, val.texts, val.gt, val.twins)
+
+    return _run(model, tokenizer, features, train_pairs, val, args, step_loss, validate, callback, device)
+
+
+def _swap_two_words(ids: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each caption with two of its different words swapped (unchanged when it has none)."""
+    out = ids.clone()
+    for r in range(len(ids)):
+        n = int(mask[r].sum())
+        words = torch.arange(1, n - 1) if n > 3 else torch.arange(0)
+        words = words[ids[r, words] != EOS_ID]
+        if len(words) < 2:
+            continue
+        for _ in range(8):
+            a, b = words[torch.randperm(len(words), generator=gen)[:2]]
+            if ids[r, a] != ids[r, b]:
+                out[r, a], out[r, b] = ids[r, b], ids[r, a]
+                break
+    return out
+
+
+def _hard_negatives(ids: torch.Tensor, mask: torch.Tensor, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """For each caption, another in-batch index sampled by word overlap (Jaccard of word sets).
+
+    Captions sharing words but not meaning are the confusions a bag of words makes; an
+    identical caption (same words, same order) is never picked, since it is no negative.
+    """
+    b = len(ids)
+    vocab = int(ids.max()) + 1
+    bags = torch.zeros(b, vocab)
+    bags.scatter_(1, ids, 1.0)
+    bags[:, PAD_ID] = 0.0
+    inter = bags @ bags.T
+    union = bags.sum(1, keepdim=True) + bags.sum(1) - inter
+    jaccard = inter / union.clamp_min(1.0)
+    same = (ids.unsqueeze(1) == ids.unsqueeze(0)).all(-1)
+    logits = (jaccard / temperature).masked_fill(same, float("-inf"))
+    ok = torch.isfinite(logits).any(1)
+    logits[~ok] = 0.0  # every caption identical: fall back to uniform (rare, harmless)
+    return torch.multinomial(torch.softmax(logits, 1), 1, generator=gen).squeeze(1)
+
+
+def _matching_loss(
+    model: SlowModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    kvs: list,
+    memory_mask: torch.Tensor,
+    positive: torch.Tensor,
+    args: SlowTrainArgs,
+    gen: torch.Generator,
+    word_dropout: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],
+) -> torch.Tensor:
+    """Binary matching loss: each pair of the batch against two hard negatives.
+
+    For text i, a wrong item (whose caption shares many words with i's); for item i, a
+    wrong text: another caption chosen the same way or, with probability
+    `swap_negatives`, its own caption with two different words swapped (same bag of
+    words, other meaning: what a dual encoder cannot tell apart). Negatives go through
+    the left-to-right decoder only, reusing the batch's memory keys/values. The decoders
+    read negatives with the same word dropout as positives, so dropout is no cue.
+    """
+    b, dev = len(ids), ids.device
+    cpu_ids, cpu_mask = ids.cpu(), mask.cpu()
+    neg_item = _hard_negatives(cpu_ids, cpu_mask, args.hard_temperature, gen).to(dev)
+    neg_text = _hard_negatives(cpu_ids, cpu_mask, args.hard_temperature, gen).to(dev)
+    text_ids, text_mask = ids[neg_text], mask[neg_text]
+    if args.swap_negatives > 0:
+        swapped = _swap_two_words(cpu_ids, cpu_mask, gen).to(dev)
+        use = (torch.rand(b, generator=gen).to(dev) < args.swap_negatives) & (swapped != ids).any(1)
+        text_ids = torch.where(use[:, None], swapped, text_ids)
+        text_mask = torch.where(use[:, None], mask, text_mask)
+    all_ids, all_mask = torch.cat([ids, text_ids]), torch.cat([mask, text_mask])
+    rows = torch.cat([neg_item, torch.arange(b, device=dev)])
+    sub = [[(k[rows], v[rows]) for k, v in layer] for layer in kvs]
+    negative = model.forward_pairs(
+        all_ids, all_mask, sub, memory_mask[rows], directions=(0,), input_ids=word_dropout(all_ids, all_mask)
+    )["itm"]
+    logits = torch.cat([positive, negative])
+    target = torch.cat([torch.ones(b, device=dev), torch.zeros(2 * b, device=dev)])
+    weight = torch.cat([torch.full((b,), 2.0, device=dev), torch.ones(2 * b, device=dev)])  # balance the classes
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight * (len(weight) / weight.sum()))
+
+
+ITM_WEIGHTS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1000.0)  # 1000: matching decides, likelihood breaks ties
+
+
+def train_slow(
+    table: FeatureTable,
+    train_pairs: Sequence[Pair],
+    val_pairs: Sequence[Pair],
+    config: SlowConfig | None = None,
+    args: SlowTrainArgs | None = None,
+    tokenizer: TextTokenizer | None = None,
+    callback: Callback | None = None,
+    device: torch.device | str | None = None,
+) -> TrainResult:
+    """Train a Slow model (bidirectional captioning, plus matching on hard negatives), best by val R@1."""
+    args = args or SlowTrainArgs()
+    tokenizer, t_max = _prepare(table, train_pairs, val_pairs, tokenizer, args.seed)
+    config = copy.deepcopy(config or SlowConfig())
+    n_levels = len(table.levels)
+    features = Features(table, list(range(config.finest_level, n_levels)))
+    config.level_shapes = features.level_shapes()
+    config.vocab_size = tokenizer.vocab_size
+    config.max_len = tokenizer.max_len
+    config.max_frames = max(config.max_frames, t_max)
+    device = torch.device(device or "cpu")
+    model = SlowModel(config).to(device)
+    val = _ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def rand(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.rand(shape, generator=gen).to(device)
+
+    def word_dropout(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        if args.word_drop <= 0:
+            return None
+        words = mask & (ids != BOS_ID) & (ids != EOS_ID)
+        return ids.masked_fill((rand(tuple(ids.shape)) < args.word_drop) & words, UNK_ID)
+
+    def step_loss(levels, frame_mask, ids, mask, progress):
+        memory, memory_mask = model.encode_visual(levels, frame_mask)
+        if args.token_drop > 0:
+            keep = rand(tuple(memory_mask.shape)) >= args.token_drop
+            memory_mask = memory_mask & (keep | ~(memory_mask & keep).any(1, keepdim=True))
+        kvs = model.memory_kv(memory)
+        mask = mask.to(torch.bool)
+        parts = model.forward_pairs(ids, mask, kvs, memory_mask, input_ids=word_dropout(ids, mask))
+        loss = -(parts["logp0"].sum() + parts["logp1"].sum()) / (2 * mask[:, 1:].sum())
+        logs = {"caption": float(loss.detach())}
+        if model.config.itc and args.itc_loss_weight > 0:
+            itc = model.contrastive_loss(memory, memory_mask, ids, mask)
+            logs["itc"] = float(itc.detach())
+            loss = loss + args.itc_loss_weight * itc
+        if model.itm_head is not None and progress >= args.itm_start:
+            itm = _matching_loss(model, ids, mask, kvs, memory_mask, parts["itm"], args, gen, word_dropout)
+            logs["itm"] = float(itm.detach())
+            loss = loss + args.itm_loss_weight * itm
+        return loss, logs
+
+    def validate() -> dict[str, Any]:
+        memory, memory_mask = slow_memory(model, features, val.items)
+        ids, mask = tokenizer.encode_batch(val.texts)
+        dev = model_device(model)
+        parts = {
+            k: v.cpu().numpy()
+            for k, v in model.component_matrices(ids.to(dev), mask.to(dev), memory.to(dev), memory_mask.to(dev)).items()
+        }
+        if "itm" not in parts:
+            return evaluate_scores(parts["ll"], val.texts, val.gt, val.twins)
+        best: tuple | None = None
+        for w in ITM_WEIGHTS:  # calibrate the blend of likelihood and matching on val
+            m = evaluate_scores(parts["ll"] + w * parts["itm"], val.texts, val.gt, val.twins)
+            key = (m["R@1"], m["R@5"], m["R@10"])
+            if best is None or key > best[0]:
+                best = (key, w, m)
+        model.itm_weight.fill_(best[1])
+        ll_only = evaluate_scores(parts["ll"], val.texts, val.gt, val.twins)
+        itm_only = evaluate_scores(parts["itm"], val.texts, val.gt, val.twins)
+        return {**best[2], "itm_weight": best[1], "ll_R@1": ll_only["R@1"], "itm_R@1": itm_only["R@1"],
+                "ll_twin_acc": ll_only["twin_acc"], "itm_twin_acc": itm_only["twin_acc"]}
+
+    return _run(model, tokenizer, features, train_pairs, val, args, step_loss, validate, callback, device)

@@ -1,0 +1,98 @@
+"""Retrieval metrics and twin accuracy on hand-made score matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastslow_cli.evaluate import (
+    Features,
+    evaluate_scores,
+    find_twins,
+    ranks_of_truth,
+    retrieval_metrics,
+    twin_accuracy,
+)
+
+
+def test_ranks_and_recalls() -> None:
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.0],  # own item 0 first
+            [0.9, 0.8, 0.7, 0.0],  # own item 2 third
+            [0.1, 0.2, 0.3, 0.4],  # own item 1 third
+        ]
+    )
+    gt = [0, 2, 1]
+    assert ranks_of_truth(scores, np.array(gt)).tolist() == [1, 3, 3]
+    m = retrieval_metrics(scores, gt)
+    assert m["R@1"] == pytest.approx(100 / 3)
+    assert m["R@5"] == 100.0 and m["median_rank"] == 3.0
+    assert m["queries"] == 3 and m["items"] == 4
+
+
+def test_ties_rank_the_truth_last() -> None:
+    """A constant scorer must not look perfect."""
+    scores = np.zeros((5, 5))
+    m = retrieval_metrics(scores, list(range(5)))
+    assert m["R@1"] == 0.0 and m["median_rank"] == 5.0
+
+
+def test_shape_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError):
+        retrieval_metrics(np.zeros((2, 3)), [0])
+
+
+def test_twins_are_same_words_other_order_of_other_items() -> None:
+    texts = [
+        "a red circle left of a blue square",  # 0 -> item 0
+        "a blue square left of a red circle",  # 1 -> item 1: twin of 0
+        "A red circle left of a blue square.",  # 2 -> item 2: same words, same order: a duplicate, no twin
+        "a red circle above a blue square",  # 3 -> item 3: other words
+        "a blue square left of a red circle",  # 4 -> item 1 again (second caption of item 1)
+    ]
+    gt = [0, 1, 2, 3, 1]
+    twins = find_twins(texts, gt)
+    assert (0, 1) in twins and (1, 0) in twins and (2, 1) in twins and (1, 2) in twins
+    assert (4, 0) in twins
+    assert all(q != 3 for q, _ in twins)
+    assert all(gt[q] != j for q, j in twins)
+    assert (0, 2) not in twins  # identical word order is a paraphrase, not a twin
+
+
+def test_twin_accuracy_counts_wins_and_half_ties() -> None:
+    scores = np.array([[0.9, 0.1], [0.5, 0.5]])
+    gt = [0, 1]
+    twins = [(0, 1), (1, 0)]
+    assert twin_accuracy(scores, gt, twins) == pytest.approx(75.0)
+    assert twin_accuracy(scores, gt, []) is None
+
+
+def test_evaluate_scores_reports_twins() -> None:
+    texts = ["red left of blue", "blue left of red", "green"]
+    scores = np.eye(3)
+    out = evaluate_scores(scores, texts, [0, 1, 2])
+    assert out["R@1"] == 100.0 and out["twin_acc"] == 100.0 and out["twins"] == 2
+
+
+class _Table:
+    def __init__(self, frames: list[int]) -> None:
+        t = max(frames)
+        self.frame_mask = np.arange(t)[None, :] < np.array(frames)[:, None]
+        self.levels = [np.arange(len(frames) * t * 2 * 2 * 3, dtype=np.float16).reshape(len(frames), t, 2, 2, 3)]
+
+
+def test_feature_batches_group_images_and_videos_and_trim_frames() -> None:
+    feats = Features(_Table([1, 3, 1, 2, 1]), [0])
+    items = np.array([0, 1, 2, 3, 4])
+    batches = feats.batches(items, 2)
+    assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2, 3, 4]
+    for b in batches:
+        frames = feats.frames[items[b]]
+        assert (frames == 1).all() or (frames > 1).all()
+    levels, mask = feats.load(np.array([0, 2]))
+    assert levels[0].shape == (2, 1, 2, 2, 3) and mask.shape == (2, 1)
+    levels, mask = feats.load(np.array([3, 1]))
+    assert levels[0].shape == (2, 3, 2, 2, 3) and mask.sum(1).tolist() == [2, 3]
+    shuffled = feats.batches(items, 2, np.random.default_rng(0))
+    assert sorted(np.concatenate(shuffled).tolist()) == [0, 1, 2, 3, 4]

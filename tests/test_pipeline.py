@@ -1,0 +1,118 @@
+"""The commands end to end through the CLI, on a tiny synthetic dataset: train, distill,
+index, search (single and stdin batch), eval, and the refusals a user can meet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastslow_cli.synth import SynthConfig, generate
+
+
+def cli(ws: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FASTSLOW_WORKSPACE": str(ws)}
+    return subprocess.run(
+        [sys.executable, "-m", "fastslow_cli", *args], capture_output=True, text=True, env=env, input=stdin, timeout=600
+    )
+
+
+def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A workspace with features, a fast, a slow and a distilled model and an index."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data, ws = root / "data", root / "ws"
+    captions = generate(data, SynthConfig(n_images=120, n_videos=16, seed=3))
+    ok(cli(ws, "extract", str(data)))
+    ok(cli(ws, "train", "fast", "--captions", str(captions), "--epochs", "2", "--batch-size", "32"))
+    ok(cli(ws, "train", "slow", "--captions", str(captions), "--epochs", "1", "--batch-size", "32"))
+    ok(cli(ws, "distill", "--captions", str(captions), "--epochs", "1", "--out", "distilled"))
+    ok(cli(ws, "index", "build", "--model", "distilled", "--slow", "slow"))
+    return {"ws": ws, "captions": captions, "data": data}
+
+
+def test_models_and_index_exist(trained: dict[str, Path]) -> None:
+    ws = trained["ws"]
+    for name in ("fast", "slow", "distilled"):
+        folder = ws / "models" / name
+        assert {"config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl"} <= {p.name for p in folder.iterdir()}
+    info = json.loads(ok(cli(ws, "index", "info", "--json")).stdout)
+    assert info["count"] == 136 and info["slow"] is not None
+
+
+def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> None:
+    ws = trained["ws"]
+    queries = ["a red circle left of a blue square", "a green triangle moving up"]
+    single = [ok(cli(ws, "search", q, "--json", "-k", "5", "--rerank", "10")).stdout for q in queries]
+    batch = ok(cli(ws, "search", "-", "--json", "-k", "5", "--rerank", "10", stdin="\n".join(queries) + "\n")).stdout
+    assert "".join(single) == batch
+    rows = [json.loads(line) for line in batch.splitlines()]
+    assert len(rows) == 10
+    keys = {"query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp"}
+    assert all(set(r) == keys for r in rows)
+    assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
+    assert all((r["timestamp"] is None) == (r["kind"] == "image") for r in rows)
+
+
+def test_rerank_only_reorders_top_k(trained: dict[str, Path]) -> None:
+    ws = trained["ws"]
+    q = "a blue square above a red circle"
+    plain = [json.loads(x) for x in ok(cli(ws, "search", q, "--json", "-k", "30")).stdout.splitlines()]
+    reranked = [json.loads(x) for x in ok(cli(ws, "search", q, "--json", "-k", "30", "--rerank", "10")).stdout.splitlines()]
+    assert {r["id"] for r in plain[:10]} == {r["id"] for r in reranked[:10]}
+    assert [r["id"] for r in plain[10:]] == [r["id"] for r in reranked[10:]]
+    assert all(r["slow_score"] is not None for r in reranked[:10])
+    assert all(r["slow_score"] is None for r in reranked[10:])
+
+
+def test_bad_queries_are_clear_errors(trained: dict[str, Path]) -> None:
+    ws = trained["ws"]
+    for q in ("", "   ", "?!"):
+        out = cli(ws, "search", q)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "query" in out.stderr
+    out = cli(ws, "search", "-", "--json", stdin="a red circle\n?!\na blue square\n")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert len(out.stdout.splitlines()) == 20  # the two good queries were answered
+
+
+def test_eval_json(trained: dict[str, Path]) -> None:
+    ws = trained["ws"]
+    out = ok(cli(ws, "eval", "--captions", str(trained["captions"]), "--distilled", "distilled", "--rerank", "5", "--json"))
+    rows = {r["method"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert set(rows) == {"fast", "distilled", "slow", "rerank"}
+    for r in rows.values():
+        assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100
+        assert r["queries"] > 0 and r["items"] > 0 and r["ms_per_query"] >= 0
+
+
+def test_mismatched_model_refused(trained: dict[str, Path]) -> None:
+    """A model retrained in place after the index was built no longer matches its hash."""
+    ws = trained["ws"]
+    ok(cli(ws, "index", "build", "--model", "fast", "--slow", "slow", "--name", "other"))
+    manifest_path = ws / "index" / "other" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["fast"]["content_hash"] = "0" * 64  # as if models/fast had been retrained since
+    manifest_path.write_text(json.dumps(manifest))
+    out = cli(ws, "search", "a red circle", "--index", "other")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "built with" in out.stderr and "rebuild" in out.stderr
+
+
+def test_missing_things_are_one_line_errors(trained: dict[str, Path], tmp_path: Path) -> None:
+    ws = trained["ws"]
+    out = cli(ws, "search", "a red circle", "--index", "nope")
+    assert out.returncode == 1 and "index build" in out.stderr and "Traceback" not in out.stderr
+    out = cli(ws, "train", "fast", "--captions", str(tmp_path / "none.jsonl"))
+    assert out.returncode == 1 and "none.jsonl" in out.stderr and "Traceback" not in out.stderr
+    out = cli(ws, "index", "build", "--model", "nomodel")
+    assert out.returncode == 1 and "nomodel" in out.stderr and "Traceback" not in out.stderr
