@@ -244,11 +244,11 @@ class _TrainProgress:
                 self.task = self.bar.add_task(self.title, total=e["total_steps"], loss="")
             self.bar.update(self.task, completed=e["step"], loss=f"{e['loss']:.3f}")
         elif e["event"] == "epoch":
-            twin, loss = e.get("val_twin_acc"), e.get("loss")
+            twin, loss, r1 = e.get("val_twin_acc"), e.get("loss"), e.get("val_R@1")
             self.bar.console.print(
                 f"epoch {e['epoch']}: "
                 + ("" if loss is None or loss != loss else f"loss {loss:.3f}  ")
-                + f"val R@1 {e['val_R@1']:.1f}  R@5 {e['val_R@5']:.1f}"
+                + ("(not validated yet)" if r1 is None else f"val R@1 {r1:.1f}  R@5 {e['val_R@5']:.1f}")
                 + (f"  twins {twin:.1f}" if twin is not None else "")
                 + ("  *best" if e.get("best") else ""),
                 markup=False,
