@@ -163,21 +163,10 @@ def train_command(
     device: str,
 ) -> dict[str, Any]:
     """Train a Fast or Slow model on the train split, select on val, save the best checkpoint."""
-    from dataclasses import replace
-
-    from fastslow_cli.dataset import captioned_set
-    from fastslow_cli.runtime import setup_torch
-    from fastslow_cli.store import FeatureStore
     from fastslow_cli.train import SlowTrainArgs, TrainArgs, train_fast, train_slow
 
-    ws = resolve_workspace(workspace)
-    dev = setup_torch(device)
-    store = FeatureStore(ws.features_dir(set_name))
-    data = captioned_set(store, captions, ("train", "val"))
-    _note_unmatched(data)
-    args = SlowTrainArgs() if kind == "slow" else TrainArgs()
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
-    args = replace(args, seed=seed, **overrides)
+    ws, dev, store, data = _training_data(workspace, set_name, captions, device)
+    args = _with_overrides(SlowTrainArgs() if kind == "slow" else TrainArgs(), epochs, batch_size, lr, seed)
     name = out or kind
     model_dir = ws.model_dir(name)
     err_console.print(
@@ -208,6 +197,28 @@ def _save_trained(model_dir: Path, result: Any, features: dict[str, Any], traini
     )
     summary = {k: v for k, v in best.items() if k != "best"}
     return {"model": model_dir.name, "path": str(model_dir), "kind": kind, **summary}
+
+
+def _training_data(workspace: Any, set_name: str, captions: Path, device: str) -> tuple[Workspace, Any, Any, Any]:
+    """Workspace, torch device, feature store and the train + val captions matched to it."""
+    from fastslow_cli.dataset import captioned_set
+    from fastslow_cli.runtime import setup_torch
+    from fastslow_cli.store import FeatureStore
+
+    ws = resolve_workspace(workspace)
+    dev = setup_torch(device)
+    store = FeatureStore(ws.features_dir(set_name))
+    data = captioned_set(store, captions, ("train", "val"))
+    _note_unmatched(data)
+    return ws, dev, store, data
+
+
+def _with_overrides(args: Any, epochs: int | None, batch_size: int | None, lr: float | None, seed: int) -> Any:
+    """The defaults of `args` with what the user set on the command line."""
+    from dataclasses import replace
+
+    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    return replace(args, seed=seed, **overrides)
 
 
 def _note_unmatched(data: Any) -> None:
@@ -314,25 +325,15 @@ def distill_command(
     device: str,
 ) -> dict[str, Any]:
     """Distil a trained Slow teacher into a trained Fast student; saved as a normal Fast model."""
-    from dataclasses import replace
-
-    from fastslow_cli.dataset import captioned_set
     from fastslow_cli.distill import DistillArgs, distill
     from fastslow_cli.models.checkpoint import load_model
-    from fastslow_cli.runtime import setup_torch
-    from fastslow_cli.store import FeatureStore
 
-    ws = resolve_workspace(workspace)
-    dev = setup_torch(device)
-    store = FeatureStore(ws.features_dir(set_name))
+    ws, dev, store, data = _training_data(workspace, set_name, captions, device)
     teacher_dir, student_dir = model_path(ws, teacher), model_path(ws, student)
     fingerprint = store.fingerprint()
     t = load_model(teacher_dir, kind="slow", fingerprint=fingerprint)
     s = load_model(student_dir, kind="fast", fingerprint=fingerprint)
-    data = captioned_set(store, captions, ("train", "val"))
-    _note_unmatched(data)
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
-    args = replace(DistillArgs(), seed=seed, **overrides)
+    args = _with_overrides(DistillArgs(), epochs, batch_size, lr, seed)
     name = out or f"{Path(student_dir).name}-distilled"
     err_console.print(
         f"distill {Path(teacher_dir).name} -> {Path(student_dir).name}: {len(data.pairs['train'])} train captions, "
