@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from fastslow_cli.evaluate import (
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TextTokenizer
+
+if TYPE_CHECKING:
+    from fastslow_cli.store import FeatureTable
 
 Callback = Callable[[dict[str, Any]], None]
 Pair = tuple[str, int]  # (caption text, row of the item in the feature table)
