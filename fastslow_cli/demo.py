@@ -20,7 +20,7 @@ DEMO_RERANK = 20
 DEMO_QUERIES = 200  # test captions evaluated (all test items are ranked): Slow-only scores every pair
 # Epochs per step: sized so the full demo takes about 10 minutes on 2 CPU cores.
 DEMO_EPOCHS = {
-    "full": {"fast": 15, "slow": 8, "distill": 3},
+    "full": {"fast": 15, "slow": 12, "distill": 10},
     "quick": {"fast": 4, "slow": 2, "distill": 2},
 }
 

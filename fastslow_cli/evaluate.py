@@ -23,7 +23,6 @@ from fastslow_cli.models.slow import SlowModel
 from fastslow_cli.text import TextTokenizer
 
 
-
 class FeatureTable(Protocol):
     """What the models read from `store.FeatureTable`."""
 

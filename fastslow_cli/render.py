@@ -82,10 +82,12 @@ def render_index_info(manifest: dict) -> None:
 
 
 def render_eval(rows: list[dict], split: str, console: Console = out_console) -> None:
-    """Eval rows as one table (stdout: it is the command's result)."""
-    table = Table(title=f"text-to-visual retrieval, split '{split}'")
+    """Eval rows as one table (stdout: it is the command's result); fits 80 columns."""
+    sizes = {(r["queries"], r["items"]) for r in rows}
+    scope = ", ".join(f"{q} captions x {n} items" for q, n in sorted(sizes))
+    table = Table(title=f"text-to-visual retrieval, split '{split}' ({scope})")
     table.add_column("method", no_wrap=True)
-    for col in ("R@1", "R@5", "R@10", "med. rank", "twins %", "ms/query", "queries", "items"):
+    for col in ("R@1", "R@5", "R@10", "median rank", "twins %", "ms/query"):
         table.add_column(col, justify="right")
     for r in rows:
         twin = r.get("twin_acc")
@@ -97,8 +99,6 @@ def render_eval(rows: list[dict], split: str, console: Console = out_console) ->
             f"{r['median_rank']:g}",
             "-" if twin is None else f"{twin:.1f}",
             f"{r['ms_per_query']:.2f}",
-            str(r["queries"]),
-            str(r["items"]),
         )
     console.print(table)
     for r in rows:

@@ -138,19 +138,19 @@ def test_kl_loss_zero_when_equal_and_positive_otherwise():
 def test_distill_lowers_kl_scores_teacher_once_and_keeps_best(setup):
     table, pairs, teacher, ttok, student, stok = setup
     calls = {"pairs": 0}
-    real = teacher.forward_pairs
+    real = teacher.pair_scores
 
     def counting(ids, *a, **kw):
         calls["pairs"] += len(ids)
         return real(ids, *a, **kw)
 
-    teacher.forward_pairs = counting
+    teacher.pair_scores = counting
     events = []
     try:
         result = distill(table, pairs["train"], pairs["val"], teacher, ttok, student, stok,
                          _args(epochs=3, contrastive_weight=0.0), callback=events.append)
     finally:
-        del teacher.forward_pairs
+        del teacher.pair_scores
     n_pairs = len(pairs["train"]) * 8
     assert calls["pairs"] == n_pairs  # every pair scored exactly once, never again in training
     hist = result.history

@@ -83,7 +83,8 @@ def make_models(store: FeatureStore, seed: int = 0, fast_hash: str = "fast-a", s
     fast = FastModel(FastConfig(level_shapes=shapes, vocab_size=tok.vocab_size, dim=16, width=32, heads=2, visual_layers=1, text_layers=1))
     slow = SlowModel(
         SlowConfig(
-            level_shapes=shapes, vocab_size=tok.vocab_size, width=32, heads=2, coarse_layers=1, refine_layers=1, decoder_layers=1
+            level_shapes=shapes, vocab_size=tok.vocab_size, width=32, heads=2, coarse_layers=1, refine_layers=1, decoder_layers=1,
+            finest_level=1,
         )
     )
     cpu = torch.device("cpu")

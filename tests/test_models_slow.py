@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -30,6 +32,7 @@ def tok() -> TextTokenizer:
 
 def _model(tok: TextTokenizer, **kw) -> SlowModel:
     torch.manual_seed(0)
+    kw.setdefault("finest_level", 1)
     cfg = SlowConfig(level_shapes=SHAPES, vocab_size=tok.vocab_size, width=32, heads=2, coarse_layers=1, decoder_layers=1, **kw)
     return SlowModel(cfg).eval()
 
@@ -97,13 +100,25 @@ def test_images_and_videos_score_together(tok) -> None:
     assert torch.allclose(both[:, :2], images, atol=1e-5)
 
 
-def test_score_is_a_mean_log_likelihood_without_itm(tok) -> None:
-    model = _model(tok, itm=False)
+def test_score_is_the_mean_token_log_likelihood_of_both_directions(tok) -> None:
+    model = _model(tok)
     mem, mmask = model.encode_visual(_levels(1, 1), torch.ones(1, 1, dtype=torch.bool))
-    ids, mask = tok.encode_batch(["red"])
+    ids, mask = tok.encode_batch(["a red circle"])
     with torch.inference_mode():
+        l2r, r2l = model.log_probs(ids, mask, model.memory_kv(mem), mmask)
         s = model.score(ids, mask, mem, mmask)
-    assert s.item() < 0 and s.item() > -20  # log-probabilities of two tokens ("red", [EOS]) averaged
+        loss = model.caption_loss(ids, mask, mem, mmask)
+    assert l2r.shape == (1, 4) and (l2r < 0).all() and (r2l < 0).all()  # "a red circle [EOS]"
+    assert s.item() == pytest.approx((l2r.sum() + r2l.sum()).item() / 8, abs=1e-5)
+    assert loss.item() == pytest.approx(-s.item(), abs=1e-5)
+
+
+def test_finest_level_defaults_to_the_finest_grid_within_budget() -> None:
+    shapes = [[16, 16, 48], [8, 8, 192], [4, 4, 768]]
+    assert SlowConfig(level_shapes=shapes).resolve_finest_level() == 1
+    assert SlowConfig(level_shapes=shapes, max_grid_tokens=256).resolve_finest_level() == 0
+    assert SlowConfig(level_shapes=shapes, max_grid_tokens=4).resolve_finest_level() == 2
+    assert SlowConfig(level_shapes=shapes, finest_level=2).resolve_finest_level() == 2
 
 
 def test_trim_memory_drops_only_all_padding_columns() -> None:
@@ -125,3 +140,12 @@ def test_checkpoint_round_trip_gives_identical_scores(tok, tmp_path) -> None:
     assert torch.equal(a, b)
     with pytest.raises(FastslowError, match="not a fast"):
         load_model(tmp_path / "s", kind="fast")
+
+
+def test_checkpoint_of_another_version_is_refused_in_one_line(tok, tmp_path) -> None:
+    folder = save_model(tmp_path / "s", _model(tok), tok, {"fingerprint": "f1"})
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architecture"]["itm"] = True  # a setting of an earlier Slow model
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FastslowError, match=r"\['itm'\].*retrain"):
+        load_model(folder, kind="slow")

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TextTokenizer, pad_ids, reverse_tokens
+from fastslow_cli.text import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    TextTokenizer,
+    pad_ids,
+    reverse_tokens,
+)
 
 CAPTIONS = ["A red circle, left of a blue square.", "a green cross above a red circle", "a single white diamond"]
 

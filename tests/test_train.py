@@ -4,12 +4,20 @@ beats chance several times over, runs are repeatable, images and clips mix."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.evaluate import Features, evaluate_scores, fast_score_matrix, fast_visual_vectors, slow_memory, slow_score_matrix
+from fastslow_cli.evaluate import (
+    Features,
+    evaluate_scores,
+    fast_score_matrix,
+    fast_visual_vectors,
+    slow_memory,
+    slow_score_matrix,
+)
 from fastslow_cli.features import PixelBackbone
 from fastslow_cli.models.fast import FastConfig
 from fastslow_cli.models.slow import SlowConfig
@@ -111,14 +119,15 @@ def test_fast_loss_falls_and_beats_chance(data) -> None:
 
 def test_slow_loss_falls_and_beats_chance(data) -> None:
     table, train, val, test = data
-    cfg = SlowConfig(width=32, heads=2, coarse_layers=1, decoder_layers=1, dropout=0.0, finest_level=1)
-    args = SlowTrainArgs(epochs=16, batch_size=32, lr=2e-3, seed=0, val_items=40, val_texts=40)
+    cfg = SlowConfig(width=32, heads=2, coarse_layers=1, decoder_layers=1, max_grid_tokens=4)
+    args = SlowTrainArgs(epochs=22, batch_size=16, lr=2e-3, seed=0, val_items=40, val_texts=40)
     result = train_slow(table, train, val, cfg, args)
-    captions = [r["caption"] for r in result.history]
-    assert captions[-1] < 0.5 * captions[0]
+    losses = [r["loss"] for r in result.history]
+    assert losses[-1] < 0.5 * losses[0]
     m = _held_out(result, table, test, "slow")
-    assert m["R@1"] >= 3 * 100.0 / len(test)
-    assert float(result.model.itm_weight) == pytest.approx(result.best["val_itm_weight"])  # the chosen blend
+    assert m["R@1"] >= 6 * 100.0 / len(test)
+    assert m["twin_acc"] >= 75.0  # "red left of blue" vs "blue left of red": word order is read
+    assert result.model.config.finest_level == 1  # 2x2 grid: the finest within budget
 
 
 def test_training_is_repeatable_for_a_seed(data) -> None:

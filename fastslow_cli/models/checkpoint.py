@@ -144,7 +144,10 @@ def load_model(
     arch = config.get("architecture", {})
     unknown = sorted(set(arch) - known)
     if unknown:
-        raise FastslowError(f"{model_dir / CONFIG} has unknown settings {unknown}: upgrade fastslow")
+        raise FastslowError(
+            f"{model_dir / CONFIG} has settings this fastslow does not know {unknown}: "
+            "it was saved by another version; retrain the model with this one"
+        )
     try:
         model = model_cls(cfg_cls(**arch))
         model.load_state_dict(load_file(str(model_dir / WEIGHTS)))

@@ -109,12 +109,6 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `x` (B, L, D) over the positions where `mask` (B, L) is True."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
 def sincos(positions: torch.Tensor, width: int) -> torch.Tensor:
     """Fixed sinusoidal embeddings (N, width) of real-valued positions (N,)."""
     freqs = torch.exp(-math.log(100.0) * torch.arange(width // 2) / max(1, width // 2))

@@ -9,12 +9,13 @@ The memory is the token grid of every frame, (B, T*H*W, width) with its mask.
 
 Text side (`score`): a left-to-right and a right-to-left decoder cross-attend to the
 memory and are trained with teacher-forced cross-entropy. The retrieval score of a
-(text, item) pair is the caption's mean per-token log-likelihood, averaged over both
-directions; with an image-text matching head (`itm=True`) the matching logit, read from
-the left-to-right decoder's state at `[EOS]` (no extra pass), is added with weight
-`itm_weight`. Mean rather than sum: for one query every item sees the same tokens, so
-text-to-visual ranking is identical either way, and the mean keeps scores of queries of
-different lengths on one scale for blending with the Fast score.
+(text, item) pair is the caption's log-likelihood per token, averaged over the two
+directions. Per token rather than summed: for one query every item sees the same
+tokens, so text-to-visual ranking is identical either way, and the mean keeps scores of
+queries of different lengths on one scale (about -0.1 for a caption the model finds
+certain, -3 for a poor match) for blending with the Fast score. Subtracting the
+caption's likelihood without the item would not change text-to-visual ranking either,
+so it is not done.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastslow_cli.models.layers import Block, VisualInput, check_levels, masked_mean
+from fastslow_cli.models.layers import Block, VisualInput, check_levels
 from fastslow_cli.text import PAD_ID, reverse_tokens
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -37,7 +38,8 @@ class SlowConfig:
     """Architecture of the Slow model; `level_shapes` are the feature set's (H, W, C), finest first.
 
     `finest_level` is the index (0 = finest) of the level whose grid the decoders attend
-    to; levels between it and the coarsest are merged on the way up.
+    to; levels between it and the coarsest are merged on the way up. Left as None, it is
+    the finest level with at most `max_grid_tokens` tokens per frame (see `resolve`).
     """
 
     level_shapes: list[list[int]] = field(default_factory=list)
@@ -46,16 +48,24 @@ class SlowConfig:
     max_frames: int = 16
     width: int = 128
     heads: int = 4
-    finest_level: int = 1
+    finest_level: int | None = None
+    max_grid_tokens: int = 64
     coarse_layers: int = 2
     refine_layers: int = 1
     decoder_layers: int = 2
-    dropout: float = 0.1
-    itm: bool = True
-    itc: bool = True
+    dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolve_finest_level(self) -> int:
+        """`finest_level`, or the finest level whose grid has <= `max_grid_tokens` tokens
+        (the coarsest if none has): the decoders' cost grows with the grid."""
+        if self.finest_level is not None:
+            return self.finest_level
+        n = len(self.level_shapes)
+        fits = [i for i, (h, w, _) in enumerate(self.level_shapes) if h * w <= self.max_grid_tokens]
+        return min(fits) if fits else n - 1
 
 
 class Refine(nn.Module):
@@ -79,10 +89,11 @@ class PyramidEncoder(nn.Module):
     def __init__(self, config: SlowConfig) -> None:
         super().__init__()
         n = len(config.level_shapes)
-        if not 0 <= config.finest_level < n:
-            raise ValueError(f"finest_level {config.finest_level} is not one of the {n} feature levels")
+        finest = config.resolve_finest_level()
+        if not 0 <= finest < n:
+            raise ValueError(f"finest_level {finest} is not one of the {n} feature levels")
         w = config.width
-        self.used = list(range(n - 1, config.finest_level - 1, -1))  # coarsest first
+        self.used = list(range(n - 1, finest - 1, -1))  # coarsest first
         self.shapes = [tuple(config.level_shapes[i]) for i in self.used]
         self.inputs = nn.ModuleList(VisualInput(s, w, config.max_frames) for s in self.shapes)
         self.coarse = nn.ModuleList(Block(w, config.heads, config.dropout) for _ in range(config.coarse_layers))
@@ -132,14 +143,6 @@ class SlowModel(nn.Module):
         )
         self.dec_norms = nn.ModuleList(nn.LayerNorm(w) for _ in range(2))
         self.lm_bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.itm_head = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, 1)) if config.itm else None
-        # Weight of the matching logit in the score; chosen on validation data by training,
-        # kept in the state dict so a checkpoint scores exactly as the selected epoch did.
-        self.register_buffer("itm_weight", torch.tensor(1.0 if config.itm else 0.0))
-        if config.itc:  # training aid only: a bag-of-words contrastive view of memory and text
-            self.itc_visual = nn.Linear(w, w)
-            self.itc_text = nn.Linear(w, w)
-            self.itc_scale = nn.Parameter(torch.tensor(2.66))
 
     # ----- visual side -------------------------------------------------------------------
     def encode_visual(
@@ -152,21 +155,6 @@ class SlowModel(nn.Module):
         """
         check_levels(levels, frame_mask, self.config.level_shapes, self.config.max_frames)
         return self.visual(levels, frame_mask)
-
-    def contrastive_loss(
-        self, memory: torch.Tensor, memory_mask: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """InfoNCE between mean-pooled memory and mean word embeddings of aligned (item i, text i).
-
-        An auxiliary loss (ALBEF's ITC): it teaches the visual encoder, from the first steps,
-        to expose what the words name, which shortens the plateau where the decoders only
-        model the language. Not part of the retrieval score.
-        """
-        v = F.normalize(self.itc_visual(masked_mean(memory, memory_mask)), dim=-1)
-        t = F.normalize(self.itc_text(masked_mean(self.tok_emb(token_ids), mask.to(torch.bool))), dim=-1)
-        logits = self.itc_scale.clamp(max=4.6).exp() * t @ v.T
-        labels = torch.arange(len(t), device=t.device)
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
     def memory_kv(self, memory: torch.Tensor) -> list[list[KV]]:
         """Cross-attention keys/values per direction and layer: computed once per item, reused per query."""
@@ -193,60 +181,56 @@ class SlowModel(nn.Module):
         lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         return lp * mask[:, 1:]
 
-    def forward_pairs(
+    def log_probs(
         self,
         token_ids: torch.Tensor,
         mask: torch.Tensor,
         kvs: list[list[KV]],
         memory_mask: torch.Tensor,
-        directions: Sequence[int] = (0, 1),
         group: int = 1,
-        input_ids: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Per-pair outputs for aligned (text i, item i): token log-probs per direction and the ITM logit.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probabilities (B, L-1) of each caption token, left-to-right and
+        right-to-left (0 at padding), for aligned (text i, item i).
 
         `group` > 1: `kvs`/`memory_mask` hold B / group items, item i paired with texts
-        i*group .. (i+1)*group-1 (see `Attention.attend`). `input_ids`: what the decoders
-        read when it differs from the tokens they must predict (training with word dropout).
+        i*group .. (i+1)*group-1 (see `Attention.attend`).
         """
         n = self.config.max_len
         ids, mask = token_ids[:, :n], mask[:, :n].to(torch.bool)
-        seen = ids if input_ids is None else input_ids[:, :n]
-        out: dict[str, torch.Tensor] = {}
-        for d in directions:
-            d_ids = ids if d == 0 else reverse_tokens(ids, mask)
-            d_seen = seen if d == 0 else reverse_tokens(seen, mask)
-            hidden = self._decode(d, d_seen, mask, kvs[d], memory_mask, group)
-            out[f"logp{d}"] = self._token_logprobs(hidden, d_ids, mask)
-            if d == 0 and self.itm_head is not None:
-                last = mask.sum(1) - 1  # position of [EOS] (or the last kept token)
-                state = hidden[torch.arange(len(ids), device=ids.device), last]
-                out["itm"] = self.itm_head(state).squeeze(-1)
-        return out
+        out = []
+        for d, d_ids in enumerate((ids, reverse_tokens(ids, mask))):
+            hidden = self._decode(d, d_ids, mask, kvs[d], memory_mask, group)
+            out.append(self._token_logprobs(hidden, d_ids, mask))
+        return out[0], out[1]
 
-    def components(self, parts: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The score's terms from `forward_pairs` outputs: `ll` (mean log-likelihood over both
-        directions) and, with a matching head, `itm` (its logit)."""
+    def caption_loss(
+        self, token_ids: torch.Tensor, mask: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Bidirectional captioning loss: mean cross-entropy per token over both decoders."""
+        l2r, r2l = self.log_probs(token_ids, mask, self.memory_kv(memory), memory_mask)
+        n = mask[:, 1 : self.config.max_len].sum()
+        return -(l2r.sum() + r2l.sum()) / (2 * n.clamp_min(1))
+
+    def pair_scores(
+        self,
+        token_ids: torch.Tensor,
+        mask: torch.Tensor,
+        kvs: list[list[KV]],
+        memory_mask: torch.Tensor,
+        group: int = 1,
+    ) -> torch.Tensor:
+        """Scores (B,) of aligned pairs from precomputed `memory_kv` (mean log-likelihood per token)."""
+        l2r, r2l = self.log_probs(token_ids, mask, kvs, memory_mask, group)
         n = mask[:, 1 : self.config.max_len].sum(1).clamp_min(1)
-        out = {"ll": (parts["logp0"].sum(1) + parts["logp1"].sum(1)) / (2 * n)}
-        if "itm" in parts:
-            out["itm"] = parts["itm"]
-        return out
-
-    def blend(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The retrieval score: `ll + itm_weight * itm` (see the module docstring)."""
-        score = components["ll"]
-        if "itm" in components:
-            score = score + self.itm_weight * components["itm"]
-        return score
+        return (l2r.sum(1) + r2l.sum(1)) / (2 * n)
 
     def score(
         self, token_ids: torch.Tensor, mask: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
     ) -> torch.Tensor:
         """Scores (B,) of B aligned (text, item) pairs: text i with memory row i."""
-        kvs = self.memory_kv(memory)
-        return self.blend(self.components(self.forward_pairs(token_ids, mask, kvs, memory_mask), mask))
+        return self.pair_scores(token_ids, mask, self.memory_kv(memory), memory_mask)
 
+    @torch.inference_mode()
     def score_matrix(
         self,
         token_ids: torch.Tensor,
@@ -256,27 +240,13 @@ class SlowModel(nn.Module):
         pair_batch: int = 2048,
         item_chunk: int = 64,
     ) -> torch.Tensor:
-        """Scores (Q, K) of Q texts against K items' memories: Q*K decoder passes, no visual encoding."""
-        return self.blend(self.component_matrices(token_ids, mask, memory, memory_mask, pair_batch, item_chunk))
-
-    @torch.inference_mode()
-    def component_matrices(
-        self,
-        token_ids: torch.Tensor,
-        mask: torch.Tensor,
-        memory: torch.Tensor,
-        memory_mask: torch.Tensor,
-        pair_batch: int = 2048,
-        item_chunk: int = 64,
-    ) -> dict[str, torch.Tensor]:
-        """`components` for every (text, item) pair, each (Q, K).
+        """Scores (Q, K) of Q texts against K items' memories: Q*K decoder passes, no visual encoding.
 
         Items are taken `item_chunk` at a time: their keys/values are projected once and
-        shared by all the queries scored against them (`group` in `forward_pairs`).
+        shared by all the queries scored against them (`group` in `pair_scores`).
         """
         q_count, k_count = token_ids.shape[0], memory.shape[0]
-        names = ["ll", "itm"] if self.itm_head is not None else ["ll"]
-        out = {k: torch.empty(q_count, k_count, device=token_ids.device) for k in names}
+        out = torch.empty(q_count, k_count, device=token_ids.device)
         length = int(mask.sum(1).max()) if q_count else 0
         ids, mask = token_ids[:, :length], mask[:, :length]
         for k0 in range(0, k_count, item_chunk):
@@ -287,9 +257,8 @@ class SlowModel(nn.Module):
             for q0 in range(0, q_count, per):
                 qs = torch.arange(q0, min(q0 + per, q_count), device=token_ids.device)
                 qi = qs.repeat(kc)  # item-major: item j's texts are rows j*len(qs) ..
-                parts = self.forward_pairs(ids[qi], mask[qi], kvs, mem_mask, group=len(qs))
-                for name, value in self.components(parts, mask[qi]).items():
-                    out[name][qs[0] : qs[-1] + 1, k0 : k0 + kc] = value.view(kc, len(qs)).T.float()
+                s = self.pair_scores(ids[qi], mask[qi], kvs, mem_mask, group=len(qs))
+                out[qs[0] : qs[-1] + 1, k0 : k0 + kc] = s.view(kc, len(qs)).T.float()
         return out
 
 
