@@ -37,7 +37,7 @@ WorkspaceOpt = Annotated[
         "--workspace",
         "-w",
         envvar="FASTSLOW_WORKSPACE",
-        help="Workspace folder [env FASTSLOW_WORKSPACE; default ./.fastslow].",
+        help="Workspace folder (env FASTSLOW_WORKSPACE; default ./.fastslow).",
         show_default=False,
     ),
 ]
@@ -85,7 +85,7 @@ def extract(
     ] = "pixels",
     frames: Annotated[int, typer.Option(min=1, max=256, help="Frames sampled uniformly per video.")] = 8,
     size: Annotated[
-        Optional[int], typer.Option(min=16, max=1024, help="Frame size fed to the backbone [default: the backbone's].")
+        Optional[int], typer.Option(min=16, max=1024, help="Frame size fed to the backbone (default: the backbone's).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Frames per backbone batch.")] = 64,
     decoder: Annotated[Decoder, typer.Option(help="Video decoder: auto = decord, PyAV on failure.")] = Decoder.auto,
@@ -132,9 +132,9 @@ CaptionsOpt = Annotated[
         show_default=False,
     ),
 ]
-EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the training items [default: per model].")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=2, help="Items per step [default: per model].")]
-LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate [default: per model].")]
+EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the training items (default: per model).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=2, help="Items per step (default: per model).")]
+LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (default: per model).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same model.")]
 
 
@@ -149,7 +149,7 @@ def train(
     captions: CaptionsOpt,
     workspace: WorkspaceOpt = None,
     set_name: SetOpt = "default",
-    out: Annotated[Optional[str], typer.Option(help="Model name [default: the kind, 'fast' or 'slow'].")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Model name (default: the kind, 'fast' or 'slow').")] = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
@@ -171,7 +171,7 @@ def distill(
     workspace: WorkspaceOpt = None,
     teacher: Annotated[str, typer.Option(help="The Slow teacher (name or folder).")] = "slow",
     student: Annotated[str, typer.Option(help="The trained Fast student to start from (name or folder).")] = "fast",
-    out: Annotated[Optional[str], typer.Option(help="Name of the distilled model [default: STUDENT-distilled].")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Name of the distilled model (default: STUDENT-distilled).")] = None,
     set_name: SetOpt = "default",
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -193,7 +193,7 @@ ModelOpt = Annotated[
 ]
 SlowOpt = Annotated[
     Optional[str],
-    typer.Option("--slow", help="Slow model for re-ranking (name, folder or BLIP ITM id) [default: 'slow' if trained]."),
+    typer.Option("--slow", help="Slow model for re-ranking: name, folder or BLIP ITM id (default: 'slow' if trained)."),
 ]
 IndexOpt = Annotated[str, typer.Option("--index", "--name", help="Index name (a folder under WORKSPACE/index).")]
 
@@ -256,9 +256,9 @@ def search(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Results per query.")] = 10,
     rerank: Annotated[int, typer.Option(min=0, help="Re-rank the Fast top K with the Slow model (0 = off).")] = 0,
     alpha: Annotated[
-        Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the Fast score in re-ranking [default: the index's].")
+        Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the Fast score in re-ranking (default: the index's).")
     ] = None,
-    ef: Annotated[Optional[int], typer.Option(min=1, help="HNSW search beam [default: the index's].")] = None,
+    ef: Annotated[Optional[int], typer.Option(min=1, help="HNSW search beam (default: the index's).")] = None,
     index: IndexOpt = "default",
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -312,7 +312,7 @@ def evaluate(
 def demo(
     workspace: WorkspaceOpt = None,
     out: Annotated[
-        Optional[Path], typer.Option(help="Folder for the generated dataset [default: WORKSPACE/demo-data].")
+        Optional[Path], typer.Option(help="Folder for the generated dataset (default: WORKSPACE/demo-data).")
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster run (a minute or two).")] = False,
     device: DeviceOpt = "auto",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,24 @@ def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> Non
     assert all(set(r) == keys for r in rows)
     assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
     assert all((r["timestamp"] is None) == (r["kind"] == "image") for r in rows)
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_search_example_script_runs_with_jq(trained: dict[str, Path]) -> None:
+    script = Path(__file__).parents[1] / "examples" / "search_with_jq.sh"
+    env = {
+        **os.environ,
+        "FASTSLOW_WORKSPACE": str(trained["ws"]),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    out = subprocess.run(["bash", str(script), "default"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    best = lines[lines.index(next(x for x in lines if x.startswith("# 2."))) + 1 :][:3]
+    assert [row.split("\t")[0] for row in best] == [
+        "a green triangle moving up", "a single white diamond", "a blue square above a yellow cross"
+    ]
+    assert all(row.split("\t")[1] in ("image", "video") for row in best)
 
 
 def test_rerank_only_reorders_top_k(trained: dict[str, Path]) -> None:
