@@ -163,22 +163,29 @@ def train_command(
     device: str,
 ) -> dict[str, Any]:
     """Train a Fast or Slow model on the train split, select on val, save the best checkpoint."""
-    from fastslow_cli.train import SlowTrainArgs, TrainArgs, train_fast, train_slow
+    from fastslow_cli.train import (
+        SlowTrainArgs,
+        TrainArgs,
+        fit_batch,
+        train_fast,
+        train_slow,
+    )
 
     ws, dev, store, data = _training_data(workspace, set_name, captions, device)
     args = _with_overrides(SlowTrainArgs() if kind == "slow" else TrainArgs(), epochs, batch_size, lr, seed)
     name = out or kind
     model_dir = ws.model_dir(name)
+    batch = fit_batch(args, len({item for _, item in data.pairs["train"]})).batch_size
     err_console.print(
         f"train {kind}: {len(data.pairs['train'])} train / {len(data.pairs['val'])} val captions, "
-        f"{len(data.table.ids)} items, {args.epochs} epochs, device {dev}",
+        f"{len(data.table.ids)} items, {args.epochs} epochs, batch {batch}, device {dev}",
         markup=False,
         highlight=False,
     )
     trainer = train_slow if kind == "slow" else train_fast
     with _TrainProgress(f"train {kind}") as progress:
         result = trainer(data.table, data.pairs["train"], data.pairs["val"], args=args, callback=progress.event, device=dev)
-    training = {**args.to_dict(), "captions": str(captions)}
+    training = {**result.args.to_dict(), "captions": str(captions)}
     return _save_trained(model_dir, result, {"fingerprint": data.fingerprint, "set": set_name}, training, kind)
 
 
@@ -218,6 +225,8 @@ def _with_overrides(args: Any, epochs: int | None, batch_size: int | None, lr: f
     from dataclasses import replace
 
     overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    if batch_size is not None:
+        overrides["min_steps"] = 0  # a batch size the user asked for is used as is
     return replace(args, seed=seed, **overrides)
 
 
@@ -346,5 +355,5 @@ def distill_command(
             data.table, data.pairs["train"], data.pairs["val"], t.model, t.tokenizer, s.model, s.tokenizer,
             args=args, callback=progress.event, device=dev,
         )
-    training = {**args.to_dict(), "captions": str(captions), "teacher": str(teacher_dir), "student": str(student_dir)}
+    training = {**result.args.to_dict(), "captions": str(captions), "teacher": str(teacher_dir), "student": str(student_dir)}
     return _save_trained(ws.model_dir(name), result, {"fingerprint": fingerprint, "set": set_name}, training, "fast")

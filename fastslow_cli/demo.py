@@ -21,7 +21,7 @@ DEMO_QUERIES = 200  # test captions evaluated (all test items are ranked): Slow-
 # Epochs per step: sized so the full demo takes about 10 minutes on 2 CPU cores.
 DEMO_EPOCHS = {
     "full": {"fast": 15, "slow": 12, "distill": 10},
-    "quick": {"fast": 4, "slow": 2, "distill": 2},
+    "quick": {"fast": 15, "slow": 10, "distill": 6},
 }
 
 

@@ -43,6 +43,7 @@ from fastslow_cli.train import (
     _optimizer,
     _schedule,
     _ValSet,
+    fit_batch,
 )
 
 
@@ -57,6 +58,8 @@ class DistillArgs(TrainArgs):
 
     epochs: int = 10
     batch_size: int = 64
+    min_steps: int = 300
+    min_batch: int = 32
     lr: float = 5e-4
     hard: int = 8  # nearest items by the initial student, per caption
     random: int = 8  # random other items, per caption
@@ -276,6 +279,7 @@ def distill(
     for q, it in enumerate(cands.items):
         by_item.setdefault(int(it), []).append(q)
     items = np.array(sorted(by_item))
+    args = fit_batch(args, len(items))
     rng = np.random.default_rng(args.seed)
     steps_per_epoch = len([b for b in s_features.batches(items, args.batch_size, np.random.default_rng(0)) if len(b) > 1])
     total = max(1, steps_per_epoch * args.epochs)
@@ -346,4 +350,4 @@ def distill(
         _emit(callback, {"event": "epoch", **record})
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model=model, tokenizer=student_tokenizer, history=history, best=best)
+    return TrainResult(model=model, tokenizer=student_tokenizer, args=args, history=history, best=best)

@@ -47,6 +47,8 @@ def test_models_and_index_exist(trained: dict[str, Path]) -> None:
     for name in ("fast", "slow", "distilled"):
         folder = ws / "models" / name
         assert {"config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl"} <= {p.name for p in folder.iterdir()}
+    for name in ("fast", "slow"):  # --batch-size 32 was used as given, not fitted to the data
+        assert json.loads((ws / "models" / name / "config.json").read_text())["training"]["batch_size"] == 32
     info = json.loads(ok(cli(ws, "index", "info", "--json")).stdout)
     assert info["count"] == 136 and info["slow"] is not None
 

@@ -3,7 +3,7 @@ beats chance several times over, runs are repeatable, images and clips mix."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ from fastslow_cli.evaluate import (
 from fastslow_cli.features import PixelBackbone
 from fastslow_cli.models.fast import FastConfig
 from fastslow_cli.models.slow import SlowConfig
-from fastslow_cli.train import SlowTrainArgs, TrainArgs, train_fast, train_slow
+from fastslow_cli.train import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (235, 215, 45)}
 SIZE = 16
@@ -164,3 +164,12 @@ def test_unmatched_splits_are_refused(data) -> None:
         train_fast(table, train, [], FastConfig(), TrainArgs(epochs=1))
     with pytest.raises(FastslowError, match="train"):
         train_slow(table, [], val, SlowConfig(), SlowTrainArgs(epochs=1))
+
+
+def test_small_training_sets_get_smaller_batches_down_to_min_batch() -> None:
+    args = SlowTrainArgs(epochs=10, batch_size=64, min_steps=600, min_batch=16)
+    assert fit_batch(args, 4000).batch_size == 64  # 4000 * 10 / 600 = 66 per step fits 64
+    assert fit_batch(args, 1800).batch_size == 30  # 600 steps
+    assert fit_batch(args, 300).batch_size == 16  # never below min_batch
+    assert fit_batch(replace(args, min_steps=0), 300).batch_size == 64  # off: the batch as asked
+    assert fit_batch(fit_batch(args, 1800), 1800) == fit_batch(args, 1800)
