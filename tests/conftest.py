@@ -7,7 +7,7 @@ Session-scoped fixtures are generated once per run; tests must not modify their 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -207,3 +207,16 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ws.mkdir()
     monkeypatch.setenv("FASTSLOW_WORKSPACE", os.fspath(ws))
     return ws
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-model tests (`pytestmark = usefixtures(...)`):
+    tiny models gain nothing from threads, and on a loaded machine idle-spinning intra-op
+    threads make them 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

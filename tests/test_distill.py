@@ -15,6 +15,8 @@ from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.text import TextTokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
 SHAPES = ["circle", "square", "star", "cross"]
 
@@ -63,15 +65,6 @@ def _models(table: Table, pairs, seed: int = 0):
 def _args(**kw) -> DistillArgs:
     base = dict(epochs=3, batch_size=8, lr=3e-3, hard=3, random=4, val_items=16, val_texts=16, warmup=0.0)
     return DistillArgs(**{**base, **kw})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids spin-waiting on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

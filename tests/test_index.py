@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.retrieval import NativeFast, NativeSlow
 from fastslow_cli.store import FeatureRow, FeatureStore
 from fastslow_cli.text import TextTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 SHAPES = [(8, 8, 12), (4, 4, 24), (2, 2, 48)]
 CAPTIONS = [
@@ -93,16 +94,6 @@ def make_models(store: FeatureStore, seed: int = 0, fast_hash: str = "fast-a", s
         NativeFast(fast, tok, identity={"path": f"models/{fast_hash}", "content_hash": fast_hash, "fingerprint": fp}, device=cpu),
         NativeSlow(slow, tok, identity={"path": f"models/{slow_hash}", "content_hash": slow_hash, "fingerprint": fp}, device=cpu),
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a loaded machine idle-spinning
-    intra-op threads make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def index_files(directory: Path) -> dict[str, bytes]:

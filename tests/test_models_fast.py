@@ -12,16 +12,9 @@ from fastslow_cli.models.checkpoint import CONFIG, content_hash, load_model, sav
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.text import TextTokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
 SHAPES = [[4, 4, 12], [2, 2, 48], [1, 1, 192]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU thread barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(**kw) -> FastModel:

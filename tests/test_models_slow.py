@@ -12,17 +12,10 @@ from fastslow_cli.models.checkpoint import load_model, save_model
 from fastslow_cli.models.slow import SlowConfig, SlowModel, trim_memory
 from fastslow_cli.text import TextTokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
 SHAPES = [[4, 4, 12], [2, 2, 48], [1, 1, 192]]
 TEXTS = ["a red circle left of a blue square", "a blue square", "red", "a square left of a circle left of"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU thread barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_index import make_models, make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from test_index import make_models, make_store
 
 from fastslow_cli.ann import AnnParams
 from fastslow_cli.errors import FastslowError, UsageError
@@ -14,6 +14,8 @@ from fastslow_cli.index import SearchIndex, build_index
 from fastslow_cli.retrieval import NativeFast, NativeSlow
 from fastslow_cli.search import Result, Searcher, blend, check_query
 from fastslow_cli.store import FeatureStore
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 QUERIES = [
     "a red circle left of a blue square",

@@ -23,17 +23,10 @@ from fastslow_cli.models.fast import FastConfig
 from fastslow_cli.models.slow import SlowConfig
 from fastslow_cli.train import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (235, 215, 45)}
 SIZE = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU thread barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
