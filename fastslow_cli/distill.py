@@ -40,8 +40,9 @@ from fastslow_cli.train import (
     TrainResult,
     _check_pairs,
     _emit,
-    _optimizer,
-    _schedule,
+    _epoch_record,
+    _Optimiser,
+    _Selection,
     _ValSet,
     fit_batch,
 )
@@ -281,26 +282,17 @@ def distill(
     items = np.array(sorted(by_item))
     args = fit_batch(args, len(items))
     rng = np.random.default_rng(args.seed)
-    steps_per_epoch = len([b for b in s_features.batches(items, args.batch_size, np.random.default_rng(0)) if len(b) > 1])
-    total = max(1, steps_per_epoch * args.epochs)
-    opt = _optimizer(model, args)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, args.warmup))
-
-    metrics = validate()
-    best = {
+    optimiser = _Optimiser(model, args, s_features, items)
+    selection = _Selection(model, callback)
+    selection.add({
         "epoch": 0,
         "step": 0,
-        **{f"val_{k}": v for k, v in metrics.items()},
+        **{f"val_{k}": v for k, v in validate().items()},
         "teacher_pairs": int(cands.sets.size),
         "teacher_seconds": round(teaching, 2),
         "mining_seconds": round(mining, 2),
         "seconds": round(time.perf_counter() - start, 2),
-        "best": True,
-    }
-    history = [dict(best)]
-    _emit(callback, {"event": "epoch", **best})
-    best_state = copy.deepcopy(model.state_dict())
-    step = 0
+    })
     pool = np.unique(cands.sets)
     col_of = np.full(n, -1, dtype=np.int64)
     col_of[pool] = np.arange(len(pool))
@@ -324,30 +316,10 @@ def distill(
             kl = kl_loss(targets[torch.as_tensor(qs)].to(device), logits, args.temperature)
             contrastive = model.contrastive_loss(text, own)
             loss = args.kl_weight * kl + args.contrastive_weight * contrastive
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
+            optimiser.step(loss)
             for k, v in (("loss", loss), ("kl", kl), ("contrastive", contrastive)):
                 losses[k].append(float(v.detach()))
-            _emit(callback, {"event": "step", "epoch": epoch, "step": step, "total_steps": total, "loss": losses["loss"][-1]})
-        metrics = validate()
-        record = {
-            "epoch": epoch,
-            "step": step,
-            **{k: float(np.mean(v)) if v else float("nan") for k, v in losses.items()},
-            **{f"val_{k}": v for k, v in metrics.items()},
-            "lr": float(sched.get_last_lr()[0]),
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        record["best"] = (metrics["R@1"], metrics["R@5"]) > (best["val_R@1"], best["val_R@5"])
-        if record["best"]:
-            best = dict(record)
-            best_state = copy.deepcopy(model.state_dict())
-        history.append(record)
-        _emit(callback, {"event": "epoch", **record})
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model=model, tokenizer=student_tokenizer, args=args, history=history, best=best)
+            _emit(callback, {"event": "step", "epoch": epoch, "step": optimiser.steps, "total_steps": optimiser.total,
+                             "loss": losses["loss"][-1]})
+        selection.add(_epoch_record(epoch, optimiser, losses, validate(), start))
+    return selection.result(student_tokenizer, args)

@@ -128,14 +128,77 @@ def _schedule(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
 
 
-def _optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, embeddings' positions and the temperature."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "pos_emb" not in name and "spatial" not in name and "temporal" not in name else no_decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
-    )
+class _Optimiser:
+    """AdamW (no weight decay on biases, norms, position tables and the temperature) with
+    linear warm-up and cosine decay over the run's steps, and gradient clipping.
+
+    `items` and `features` give the run's length: an epoch is one pass over `items` in
+    batches of `args.batch_size` (single-item batches are skipped).
+    """
+
+    def __init__(self, model: torch.nn.Module, args: TrainArgs, features: Features, items: np.ndarray) -> None:
+        batches = features.batches(items, args.batch_size, np.random.default_rng(0))
+        self.total = max(1, len([b for b in batches if len(b) > 1]) * args.epochs)
+        self.model = model
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (decay if p.ndim >= 2 and "pos_emb" not in name and "spatial" not in name and "temporal" not in name else no_decay).append(p)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _schedule(s, self.total, args.warmup))
+        self.steps = 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.steps += 1
+
+    def lr(self) -> float:
+        return float(self.sched.get_last_lr()[0])
+
+
+class _Selection:
+    """Epoch records (emitted to `callback`) and the model state of the best epoch by val
+    R@1, then R@5; `result` puts that state back into the model."""
+
+    def __init__(self, model: torch.nn.Module, callback: Callback | None) -> None:
+        self.model = model
+        self.callback = callback
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.state = copy.deepcopy(model.state_dict())
+
+    def add(self, record: dict[str, Any], measured: bool = True) -> None:
+        key = (record.get("val_R@1", -1.0), record.get("val_R@5", -1.0))
+        record["best"] = measured and (not self.best or key > (self.best["val_R@1"], self.best["val_R@5"]))
+        if record["best"]:
+            self.best = dict(record)
+            self.state = copy.deepcopy(self.model.state_dict())
+        self.history.append(record)
+        _emit(self.callback, {"event": "epoch", **record})
+
+    def result(self, tokenizer: TextTokenizer, args: TrainArgs) -> TrainResult:
+        self.model.load_state_dict(self.state)
+        self.model.eval()
+        return TrainResult(model=self.model, tokenizer=tokenizer, args=args, history=self.history, best=self.best)
+
+
+def _epoch_record(
+    epoch: int, optimiser: _Optimiser, losses: dict[str, list[float]], metrics: dict[str, Any], start: float
+) -> dict[str, Any]:
+    """One epoch's line of `train_log.jsonl`: mean losses, val metrics, lr, elapsed seconds."""
+    return {
+        "epoch": epoch,
+        "step": optimiser.steps,
+        **{k: float(np.mean(v)) if v else float("nan") for k, v in losses.items()},
+        **{f"val_{k}": v for k, v in metrics.items()},
+        "lr": optimiser.lr(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 class _ValSet:
@@ -189,18 +252,12 @@ def _run(
     items = np.array(sorted(by_item))
     args = fit_batch(args, len(items))
     rng = np.random.default_rng(args.seed)
-    steps_per_epoch = len([b for b in features.batches(items, args.batch_size, np.random.default_rng(0)) if len(b) > 1])
-    total = max(1, steps_per_epoch * args.epochs)
-    opt = _optimizer(model, args)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, args.warmup))
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {}
-    best_state = copy.deepcopy(model.state_dict())
-    step, start = 0, time.perf_counter()
+    optimiser = _Optimiser(model, args, features, items)
+    selection = _Selection(model, callback)
+    start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         model.train()
-        losses: list[float] = []
-        extras: dict[str, list[float]] = {}
+        losses: dict[str, list[float]] = {"loss": []}
         for pos in features.batches(items, args.batch_size, rng):
             if len(pos) < 2:
                 continue
@@ -208,38 +265,17 @@ def _run(
             levels, frame_mask = _to_device(features.load(idx), device)
             ids, mask = (t.to(device) for t in tokenizer.encode_batch(_epoch_texts(by_item, idx, rng)))
             loss, parts = step_loss(levels, frame_mask, ids, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(float(loss.detach()))
+            optimiser.step(loss)
+            losses["loss"].append(float(loss.detach()))
             for k, v in parts.items():
-                extras.setdefault(k, []).append(v)
-            _emit(callback, {"event": "step", "epoch": epoch, "step": step, "total_steps": total, "loss": losses[-1]})
+                losses.setdefault(k, []).append(v)
+            _emit(callback, {"event": "step", "epoch": epoch, "step": optimiser.steps, "total_steps": optimiser.total,
+                             "loss": losses["loss"][-1]})
         model.eval()
         measured = epoch == args.epochs or epoch > args.val_start * args.epochs
         metrics = validate() if measured else {}
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            **{k: float(np.mean(v)) for k, v in extras.items()},
-            **{f"val_{k}": v for k, v in metrics.items()},
-            "lr": float(sched.get_last_lr()[0]),
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        key = (metrics.get("R@1", -1.0), metrics.get("R@5", -1.0))
-        record["best"] = measured and (not best or key > (best["val_R@1"], best["val_R@5"]))
-        if record["best"]:
-            best = dict(record)
-            best_state = copy.deepcopy(model.state_dict())
-        history.append(record)
-        _emit(callback, {"event": "epoch", **record})
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model=model, tokenizer=tokenizer, args=args, history=history, best=best)
+        selection.add(_epoch_record(epoch, optimiser, losses, metrics, start), measured)
+    return selection.result(tokenizer, args)
 
 
 def _prepare(
