@@ -10,7 +10,6 @@ header) before hnswlib ever reads it.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import threading
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from fastslow_cli.atomic import atomic_path
+from fastslow_cli.atomic import atomic_path, file_sha256
 from fastslow_cli.errors import FastslowError
 
 INDEX_FILE = "hnsw.bin"
@@ -98,14 +97,6 @@ def _as_labels(labels: np.ndarray, rows: int) -> np.ndarray:
     if np.unique(arr).size != rows:
         raise FastslowError("labels contain duplicates: give every vector its own label")
     return arr
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class AnnIndex:
@@ -194,7 +185,7 @@ class AnnIndex:
             self._index.save_index(str(tmp))
             info = {
                 "file": INDEX_FILE,
-                "sha256": _sha256(tmp),
+                "sha256": file_sha256(tmp),
                 "bytes": tmp.stat().st_size,
                 "dim": self.dim,
                 "space": SPACE,
@@ -237,7 +228,7 @@ class AnnIndex:
         if size != info["bytes"]:
             raise damaged(f"{size} bytes, the manifest says {info['bytes']}")
         _check_header(path, size, info["dim"], info["count"], params, damaged)
-        if _sha256(path) != info["sha256"]:
+        if file_sha256(path) != info["sha256"]:
             raise damaged("sha256 does not match the manifest")
         index = hnswlib.Index(space=SPACE, dim=info["dim"])
         try:

@@ -1,11 +1,13 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, rename.
 
 A reader (or a crash, even `kill -9`) then sees either the old file or the new one,
-never half of one.
+never half of one. `file_sha256` gives the checksums written beside such files so a
+damaged one is refused before it is parsed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -70,3 +72,12 @@ def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
         fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

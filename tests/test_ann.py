@@ -271,7 +271,7 @@ def test_failed_save_keeps_previous_file(
     def interrupted(path: Path) -> str:
         raise KeyboardInterrupt  # after hnswlib wrote the temporary file, before the rename
 
-    monkeypatch.setattr("fastslow_cli.ann._sha256", interrupted)
+    monkeypatch.setattr("fastslow_cli.ann.file_sha256", interrupted)
     with pytest.raises(KeyboardInterrupt):
         index.save(tmp_path)
     monkeypatch.undo()

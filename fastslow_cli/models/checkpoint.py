@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastslow_cli.atomic import atomic_path, atomic_write_json
+from fastslow_cli.atomic import atomic_path, atomic_write_json, file_sha256
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
@@ -44,14 +44,6 @@ class LoadedModel:
     @property
     def kind(self) -> str:
         return str(self.config["kind"])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_model(
@@ -82,7 +74,7 @@ def save_model(
         "training": training or {},
         **(extra or {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "sha256": {WEIGHTS: _sha256(model_dir / WEIGHTS), TOKENIZER: _sha256(model_dir / TOKENIZER)},
+        "sha256": {WEIGHTS: file_sha256(model_dir / WEIGHTS), TOKENIZER: file_sha256(model_dir / TOKENIZER)},
     }
     atomic_write_json(model_dir / CONFIG, config)
     return model_dir
@@ -137,7 +129,7 @@ def load_model(
         path = model_dir / name
         if not path.is_file():
             raise FastslowError(f"{path} is missing: the model folder is incomplete, retrain it")
-        if config.get("sha256", {}).get(name) != _sha256(path):
+        if config.get("sha256", {}).get(name) != file_sha256(path):
             raise FastslowError(f"{path} does not match {model_dir / CONFIG} (interrupted save?): retrain the model")
     cfg_cls, model_cls = KINDS[config["kind"]]
     known = {f.name for f in fields(cfg_cls)}
@@ -166,7 +158,7 @@ def content_hash(model_dir: str | Path) -> str:
         if not path.is_file():
             raise FastslowError(f"{path} is missing: the model folder is incomplete, retrain it")
         h.update(name.encode())
-        h.update(_sha256(path).encode())
+        h.update(file_sha256(path).encode())
     return h.hexdigest()
 
 
