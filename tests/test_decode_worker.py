@@ -6,6 +6,7 @@ here is a real dead process, not a mock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -81,7 +82,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return False
 
 
@@ -250,7 +251,8 @@ def test_parent_interrupted_or_killed_leaves_no_worker(how, tmp_path, good_media
             parent.kill()
             parent.wait()
         for pid in filter(_alive, pids):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may end meanwhile
+                os.kill(pid, signal.SIGKILL)
 
 
 _NOISY_PARENT = """
