@@ -208,15 +208,15 @@ def _save_trained(model_dir: Path, result: Any, features: dict[str, Any], traini
 
 def _training_data(workspace: Any, set_name: str, captions: Path, device: str) -> tuple[Workspace, Any, Any, Any]:
     """Workspace, torch device, feature store and the train + val captions matched to it."""
-    from fastslow_cli.dataset import captioned_set
+    from fastslow_cli.dataset import captioned_set, hold_out_val
     from fastslow_cli.runtime import setup_torch
     from fastslow_cli.store import FeatureStore
 
     ws = resolve_workspace(workspace)
     dev = setup_torch(device)
     store = FeatureStore(ws.features_dir(set_name))
-    data = captioned_set(store, captions, ("train", "val"))
-    _note_unmatched(data)
+    data = hold_out_val(captioned_set(store, captions, ("train", "val")), captions)
+    _print_notes(data)
     return ws, dev, store, data
 
 
@@ -230,7 +230,9 @@ def _with_overrides(args: Any, epochs: int | None, batch_size: int | None, lr: f
     return replace(args, seed=seed, **overrides)
 
 
-def _note_unmatched(data: Any) -> None:
+def _print_notes(data: Any) -> None:
+    for note in data.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if data.unmatched:
         err_console.print(
             f"warning: {data.unmatched} caption(s) name media that is not in the feature set "
@@ -298,7 +300,7 @@ def eval_command(
     ws = resolve_workspace(workspace)
     store = FeatureStore(ws.features_dir(set_name))
     data = captioned_set(store, captions, (split,))
-    _note_unmatched(data)
+    _print_notes(data)
     fast_model = load_fast(model_path(ws, fast), device) if fast else None
     slow_model = load_slow(model_path(ws, slow), device) if slow else None
     distilled_model = load_fast(model_path(ws, distilled), device) if distilled else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ class CaptionedSet:
     fingerprint: str
     unmatched: int = 0
     unmatched_example: str = ""
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the user should know, one line each
 
 
 def captioned_set(store: FeatureStore, captions_path: str | Path, splits: Sequence[str]) -> CaptionedSet:
@@ -52,3 +53,33 @@ def captioned_set(store: FeatureStore, captions_path: str | Path, splits: Sequen
         unmatched=len(unmatched),
         unmatched_example=f"{unmatched[0].source}: {unmatched[0].media}" if unmatched else "",
     )
+
+
+def hold_out_val(data: CaptionedSet, captions_path: str | Path, share: float = 0.1, max_items: int = 1000) -> CaptionedSet:
+    """Give a captions file without a val split one: `share` of the training items (at most
+    `max_items`), with all their captions, move to val.
+
+    Training selects its best epoch on val, and many users' files have only train (and
+    test). The items are chosen by a hash of their ids, not by a seed, so that `train fast`,
+    `train slow` and `distill` on the same file hold out the same items. A file with a
+    val split, or too few items to spare any, is returned as it is.
+    """
+    train = data.pairs.get("train", [])
+    if "val" not in data.pairs or data.pairs["val"] or not train:
+        return data
+    items = sorted({item for _, item in train})
+    count = min(max_items, int(len(items) * share))
+    if count < 1 or len(items) - count < 2:
+        return data
+
+    def rank(item: int) -> bytes:
+        return hashlib.sha256(data.table.ids[item].encode()).digest()
+
+    held = set(sorted(items, key=rank)[:count])
+    data.pairs["val"] = [p for p in train if p[1] in held]
+    data.pairs["train"] = [p for p in train if p[1] not in held]
+    data.notes.append(
+        f"{captions_path}: no val caption matches an extracted item, so {count} of {len(items)} training items "
+        f"({len(data.pairs['val'])} captions) are held out for validation; add a val split to choose them"
+    )
+    return data

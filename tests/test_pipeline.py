@@ -53,6 +53,17 @@ def test_models_and_index_exist(trained: dict[str, Path]) -> None:
     assert info["count"] == 136 and info["slow"] is not None
 
 
+def test_training_without_a_val_split_holds_some_items_out(trained: dict[str, Path], tmp_path: Path) -> None:
+    captions = [json.loads(line) for line in trained["captions"].read_text().splitlines()]
+    no_val = tmp_path / "no_val.jsonl"  # elsewhere than the media: paths made absolute
+    no_val.write_text("".join(json.dumps({**c, "media": str(trained["data"] / c["media"])}) + "\n"
+                              for c in captions if c["split"] != "val"))
+    out = ok(cli(trained["ws"], "train", "fast", "--captions", str(no_val), "--epochs", "1", "--out", "no-val"))
+    assert f"{no_val}: no val caption matches" in out.stderr and "held out for validation" in out.stderr
+    log = [json.loads(line) for line in (trained["ws"] / "models" / "no-val" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["val_R@1"] >= 0
+
+
 def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> None:
     ws = trained["ws"]
     queries = ["a red circle left of a blue square", "a green triangle moving up"]
