@@ -148,3 +148,13 @@ def test_missing_things_are_one_line_errors(trained: dict[str, Path], tmp_path: 
     assert out.returncode == 1 and "none.jsonl" in out.stderr and "Traceback" not in out.stderr
     out = cli(ws, "index", "build", "--model", "nomodel")
     assert out.returncode == 1 and "nomodel" in out.stderr and "Traceback" not in out.stderr
+    train_only = tmp_path / "train_only.jsonl"
+    train_only.write_text(json.dumps({"media": str(trained["data"] / "images" / "00000.png"), "caption": "a red circle"}) + "\n")
+    out = cli(ws, "eval", "--captions", str(train_only))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{train_only} has no caption of split(s) test (it has: train)" in out.stderr and "--split" in out.stderr
+    not_extracted = tmp_path / "not_extracted.jsonl"
+    not_extracted.write_text(json.dumps({"media": "elsewhere/x.png", "caption": "a red circle", "split": "test"}) + "\n")
+    out = cli(ws, "eval", "--captions", str(not_extracted))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{not_extracted}: no caption of split(s) test matches an item" in out.stderr and "extract" in out.stderr
