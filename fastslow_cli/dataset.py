@@ -33,16 +33,16 @@ def captioned_set(store: FeatureStore, captions_path: str | Path, splits: Sequen
     stop the run; a split with no matched caption is an error naming the file.
     """
     captions = load_captions(captions_path)
-    entries = store.entries()
-    matched, unmatched = match_captions(captions, {i: e.path for i, e in entries.items()})
-    wanted = [(c, item) for c, item in matched if c.split in splits]
-    ids = sorted({item for _, item in wanted})
     if not any(c.split in splits for c in captions):
         present = ", ".join(sorted({c.split for c in captions}))
         raise FastslowError(
             f"{captions_path} has no caption of split(s) {', '.join(splits)} (it has: {present}); "
             "choose one of those splits (eval: --split) or add the missing one to the file"
         )
+    entries = store.entries()
+    matched, unmatched = match_captions(captions, {i: e.path for i, e in entries.items()})
+    wanted = [(c, item) for c, item in matched if c.split in splits]
+    ids = sorted({item for _, item in wanted})
     if not ids:
         raise FastslowError(
             f"{captions_path}: no caption of split(s) {', '.join(splits)} matches an item of {store.directory}; "
