@@ -45,7 +45,7 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Write results to stdout as JSON Lines; human text goes to stderr.")
 ]
 SetOpt = Annotated[str, typer.Option("--set", help="Feature set name (a folder under features/).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N or mps.")]
 
 
 class Decoder(str, Enum):

@@ -21,7 +21,11 @@ def cpu_count() -> int:
 
 
 def setup_torch(device: str | None = None) -> torch.device:
-    """Use every core for intra-op work and pick the device: `auto` means CUDA if present."""
+    """Use every core for intra-op work and pick the device: `auto` means CUDA if present.
+
+    A device this machine does not have is a usage error naming the fix, not a torch
+    traceback at the first tensor.
+    """
     torch.set_num_threads(cpu_count())
     name = (device or "auto").lower()
     if name == "auto":
@@ -29,7 +33,15 @@ def setup_torch(device: str | None = None) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise UsageError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu")
+        raise UsageError(f"unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {device} asked for, but this torch build has no Apple GPU (MPS): use --device cpu")
+    elif dev.type != "cpu":
+        raise UsageError(f"--device {device} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return dev
