@@ -26,6 +26,16 @@ def render_extract_summary(summary: ExtractSummary) -> None:
     table.add_row("failed", f"[red]{len(summary.failed)}[/]" if summary.failed else "0")
     table.add_row("seconds", f"{summary.seconds:.1f}")
     err_console.print(table)
+    if not summary.found:
+        from fastslow_cli.media import IMAGE_EXTS, VIDEO_EXTS
+
+        err_console.print(
+            f"warning: no image or video file found; extract reads {' '.join(sorted(IMAGE_EXTS))} "
+            f"and {' '.join(sorted(VIDEO_EXTS))} (hidden files and folders are skipped): check the path",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if summary.failed:
         err_console.print(
             f"{len(summary.failed)} file(s) could not be decoded; reasons are in "

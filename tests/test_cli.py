@@ -77,6 +77,14 @@ def test_missing_path_is_one_line_error(tmp_path) -> None:
     assert out.stdout == ""
 
 
+def test_a_folder_without_media_is_named_in_a_warning(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not media")
+    out = run_cli("extract", str(tmp_path / "empty"), "-w", str(tmp_path / "ws"))
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    assert "warning: no image or video file found" in out.stderr and ".mp4" in out.stderr
+
+
 def test_bad_workspace_is_usage_error(tmp_path) -> None:
     afile = tmp_path / "file"
     afile.write_text("x")
