@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from fastslow_cli.errors import UsageError
 from fastslow_cli.runtime import cpu_count, setup_torch
 
-
-@pytest.fixture(autouse=True)
-def keep_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest: restores the thread count after
 
 
 def test_cpu_uses_every_core() -> None:
