@@ -39,7 +39,8 @@ class SlowConfig:
 
     `finest_level` is the index (0 = finest) of the level whose grid the decoders attend
     to; levels between it and the coarsest are merged on the way up. Left as None, it is
-    the finest level with at most `max_grid_tokens` tokens per frame (see `resolve`).
+    the finest level with at most `max_grid_tokens` tokens per frame (see
+    `resolve_finest_level`).
     """
 
     level_shapes: list[list[int]] = field(default_factory=list)
