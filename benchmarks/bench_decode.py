@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
 from fastslow_cli.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from fastslow_cli.media import decode_video_av, decode_video_decord  # noqa: E402
+from fastslow_cli.media.decode import decode_video_av, decode_video_decord  # noqa: E402
 
 DECODERS = {"decord": decode_video_decord, "av": decode_video_av}
 

@@ -51,16 +51,16 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-from fastslow_cli.ann import AnnIndex, AnnParams, recall_at_k  # noqa: E402
+from fastslow_cli.index.hnsw import AnnIndex, AnnParams, recall_at_k  # noqa: E402
 from fastslow_cli.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from fastslow_cli.features import PixelBackbone  # noqa: E402
-from fastslow_cli.index import IndexChunk, SearchIndex, write_index  # noqa: E402
+from fastslow_cli.features.backbones import PixelBackbone  # noqa: E402
+from fastslow_cli.index.folder import IndexChunk, SearchIndex, write_index  # noqa: E402
 from fastslow_cli.models.fast import FastConfig, FastModel  # noqa: E402
 from fastslow_cli.models.slow import SlowConfig, SlowModel  # noqa: E402
-from fastslow_cli.retrieval import NativeFast, NativeSlow  # noqa: E402
-from fastslow_cli.search import Searcher  # noqa: E402
-from fastslow_cli.synth import caption, render_image, sample_scene  # noqa: E402
-from fastslow_cli.text import TextTokenizer  # noqa: E402
+from fastslow_cli.search.retrievers import NativeFast, NativeSlow  # noqa: E402
+from fastslow_cli.search.searcher import Searcher  # noqa: E402
+from fastslow_cli.demo.synth import caption, render_image, sample_scene  # noqa: E402
+from fastslow_cli.text.tokenizer import TextTokenizer  # noqa: E402
 
 RERANK_KS = (10, 20, 50)
 EFS = (16, 32, 64, 128, 256, 512)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastslow_cli.console import RateColumn, err_console, make_progress
+from fastslow_cli.cli.console import RateColumn, err_console, make_progress
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.workspace import Workspace, resolve_workspace
 
@@ -37,10 +37,10 @@ def default_slow(ws: Workspace) -> str | None:
 def build_index_command(
     workspace: Any, set_name: str, model: str, slow: str | None, name: str, m: int, ef_construction: int, ef: int, device: str
 ) -> dict[str, Any]:
-    from fastslow_cli.ann import AnnParams
-    from fastslow_cli.index import build_index
-    from fastslow_cli.retrieval import load_fast, load_slow
-    from fastslow_cli.store import FeatureStore
+    from fastslow_cli.index.hnsw import AnnParams
+    from fastslow_cli.index.folder import build_index
+    from fastslow_cli.search.retrievers import load_fast, load_slow
+    from fastslow_cli.store.parquet import FeatureStore
 
     ws = resolve_workspace(workspace)
     store = FeatureStore(ws.features_dir(set_name))
@@ -84,7 +84,7 @@ def _check_fingerprint(store: Any, identity: dict[str, Any], what: str) -> None:
 
 def _stored_models(manifest: dict[str, Any], device: str, need_slow: bool = True) -> tuple[Any, Any]:
     """The models an index was built with (their content hashes are checked by the index)."""
-    from fastslow_cli.retrieval import load_fast, load_slow
+    from fastslow_cli.search.retrievers import load_fast, load_slow
 
     fast = load_fast(manifest["fast"]["path"], device)
     slow = load_slow(manifest["slow"]["path"], device) if need_slow and manifest.get("slow") else None
@@ -92,8 +92,8 @@ def _stored_models(manifest: dict[str, Any], device: str, need_slow: bool = True
 
 
 def add_index_command(workspace: Any, set_name: str, name: str, device: str) -> dict[str, Any]:
-    from fastslow_cli.index import SearchIndex, add_to_index
-    from fastslow_cli.store import FeatureStore
+    from fastslow_cli.index.folder import SearchIndex, add_to_index
+    from fastslow_cli.store.parquet import FeatureStore
 
     ws = resolve_workspace(workspace)
     directory = ws.index_dir(name)
@@ -105,7 +105,7 @@ def add_index_command(workspace: Any, set_name: str, name: str, device: str) -> 
 
 
 def index_info_command(workspace: Any, name: str) -> dict[str, Any]:
-    from fastslow_cli.index import read_manifest
+    from fastslow_cli.index.folder import read_manifest
 
     ws = resolve_workspace(workspace)
     return read_manifest(ws.index_dir(name))
@@ -126,8 +126,8 @@ def search_command(
     workspace: Any, queries: list[str], k: int, rerank: int, alpha: float | None, ef: int | None, index_name: str, device: str
 ) -> Iterator[list[Any]]:
     """Load once, answer each query in turn (streaming: results of a stdin query print at once)."""
-    from fastslow_cli.index import SearchIndex
-    from fastslow_cli.search import Searcher
+    from fastslow_cli.index.folder import SearchIndex
+    from fastslow_cli.search.searcher import Searcher
 
     if not queries:
         raise UsageError("no query given: `fastslow search \"a red car\"`, or `-` to read queries from stdin")
@@ -163,7 +163,7 @@ def train_command(
     device: str,
 ) -> dict[str, Any]:
     """Train a Fast or Slow model on the train split, select on val, save the best checkpoint."""
-    from fastslow_cli.train import (
+    from fastslow_cli.training.loop import (
         SlowTrainArgs,
         TrainArgs,
         fit_batch,
@@ -208,9 +208,9 @@ def _save_trained(model_dir: Path, result: Any, features: dict[str, Any], traini
 
 def _training_data(workspace: Any, set_name: str, captions: Path, device: str) -> tuple[Workspace, Any, Any, Any]:
     """Workspace, torch device, feature store and the train + val captions matched to it."""
-    from fastslow_cli.dataset import captioned_set, hold_out_val
+    from fastslow_cli.data.captioned_set import captioned_set, hold_out_val
     from fastslow_cli.runtime import setup_torch
-    from fastslow_cli.store import FeatureStore
+    from fastslow_cli.store.parquet import FeatureStore
 
     ws = resolve_workspace(workspace)
     dev = setup_torch(device)
@@ -292,10 +292,10 @@ def eval_command(
     max_queries: int | None = None,
 ) -> list[dict[str, Any]]:
     """Load what was asked for and measure every method on the split."""
-    from fastslow_cli.dataset import captioned_set
-    from fastslow_cli.eval_run import run_eval
-    from fastslow_cli.retrieval import load_fast, load_slow
-    from fastslow_cli.store import FeatureStore
+    from fastslow_cli.data.captioned_set import captioned_set
+    from fastslow_cli.eval.runs import run_eval
+    from fastslow_cli.search.retrievers import load_fast, load_slow
+    from fastslow_cli.store.parquet import FeatureStore
 
     ws = resolve_workspace(workspace)
     store = FeatureStore(ws.features_dir(set_name))
@@ -336,7 +336,7 @@ def distill_command(
     device: str,
 ) -> dict[str, Any]:
     """Distil a trained Slow teacher into a trained Fast student; saved as a normal Fast model."""
-    from fastslow_cli.distill import DistillArgs, distill
+    from fastslow_cli.training.distill import DistillArgs, distill
     from fastslow_cli.models.checkpoint import load_model
 
     ws, dev, store, data = _training_data(workspace, set_name, captions, device)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastslow_cli.ann import AnnIndex, AnnParams, exact_search, recall_at_k
+from fastslow_cli.index.hnsw import AnnIndex, AnnParams, exact_search, recall_at_k
 from fastslow_cli.errors import FastslowError
 
 
@@ -271,7 +271,7 @@ def test_failed_save_keeps_previous_file(
     def interrupted(path: Path) -> str:
         raise KeyboardInterrupt  # after hnswlib wrote the temporary file, before the rename
 
-    monkeypatch.setattr("fastslow_cli.ann.file_sha256", interrupted)
+    monkeypatch.setattr("fastslow_cli.index.hnsw.file_sha256", interrupted)
     with pytest.raises(KeyboardInterrupt):
         index.save(tmp_path)
     monkeypatch.undo()

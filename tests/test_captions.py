@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastslow_cli.captions import Caption, load_captions, match_captions, normalise_split
+from fastslow_cli.data.caption_files import Caption, load_captions, match_captions, normalise_split
 from fastslow_cli.errors import FastslowError
 
 
@@ -327,7 +327,7 @@ def test_captions_built_in_code_match_without_a_root(tree: Path) -> None:
 
 
 def test_synthetic_dataset_captions_match_all_its_media(tmp_path: Path) -> None:
-    from fastslow_cli import synth
+    from fastslow_cli.demo import synth
 
     captions = synth.generate(tmp_path / "demo", synth.SynthConfig(n_images=6, n_videos=2))
     root = Path(os.path.realpath(tmp_path / "demo"))

@@ -27,7 +27,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = N
 def test_help_does_not_import_heavy_modules() -> None:
     code = (
         "import sys\n"
-        "from fastslow_cli.cli import app\n"
+        "from fastslow_cli.cli.app import app\n"
         "try:\n"
         "    app(['--help'])\n"
         "except SystemExit:\n"
@@ -44,7 +44,7 @@ def test_help_does_not_import_heavy_modules() -> None:
 def test_subcommand_help_is_light(sub: list[str]) -> None:
     code = (
         "import sys\n"
-        "from fastslow_cli.cli import app\n"
+        "from fastslow_cli.cli.app import app\n"
         "try:\n"
         f"    app({sub!r})\n"
         "except SystemExit:\n"

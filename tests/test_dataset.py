@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from fastslow_cli.dataset import CaptionedSet, hold_out_val
+from fastslow_cli.data.captioned_set import CaptionedSet, hold_out_val
 
 
 def _data(n_items: int, captions_per_item: int = 2, val: bool = False) -> CaptionedSet:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fastslow_cli.decode_worker import DecodePool, DecodeResult
+from fastslow_cli.media.pool import DecodePool, DecodeResult
 from fastslow_cli.errors import UsageError
-from fastslow_cli.media import Decoded, MediaFile, decode, find_media
+from fastslow_cli.media.discover import MediaFile, find_media
+from fastslow_cli.media.decode import Decoded, decode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,8 +219,8 @@ def _wait_for_pids(folder: Path, count: int, seconds: float = 15.0) -> list[int]
 _PARENT = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from fastslow_cli.decode_worker import DecodePool
-from fastslow_cli.media import find_media
+from fastslow_cli.media.pool import DecodePool
+from fastslow_cli.media.discover import find_media
 from test_decode_worker import hang_and_tell
 with DecodePool(size=8, frames=1, workers=2, timeout=600, decode_fn=hang_and_tell) as pool:
     for result in pool.imap(find_media([sys.argv[1]])):
@@ -258,8 +259,8 @@ def test_parent_interrupted_or_killed_leaves_no_worker(how, tmp_path, good_media
 _NOISY_PARENT = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from fastslow_cli.decode_worker import DecodePool
-from fastslow_cli.media import find_media
+from fastslow_cli.media.pool import DecodePool
+from fastslow_cli.media.discover import find_media
 from test_decode_worker import noisy
 with DecodePool(size=8, frames=1, workers=2, decode_fn=noisy) as pool:
     for result in pool.imap(find_media([sys.argv[1]])):

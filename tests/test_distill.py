@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastslow_cli.distill import DistillArgs, build_candidates, distill, kl_loss, teacher_scores
-from fastslow_cli.evaluate import Features
+from fastslow_cli.training.distill import DistillArgs, build_candidates, distill, kl_loss, teacher_scores
+from fastslow_cli.eval.metrics import Features
 from fastslow_cli.models.checkpoint import load_model, save_model
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
-from fastslow_cli.text import TextTokenizer
+from fastslow_cli.text.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
@@ -161,7 +161,7 @@ def test_distill_lowers_kl_scores_teacher_once_and_keeps_best(setup):
 
 def test_never_worse_than_the_initial_student(setup, monkeypatch):
     """When every epoch validates worse than the start, the start is returned, weights and all."""
-    import fastslow_cli.distill as D
+    import fastslow_cli.training.distill as D
 
     table, pairs, teacher, ttok, student, stok = setup
     real = D.evaluate_scores

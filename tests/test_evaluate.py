@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastslow_cli.evaluate import (
+from fastslow_cli.eval.metrics import (
     Features,
     evaluate_scores,
     find_twins,

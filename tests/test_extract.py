@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fastslow_cli.extract import ExtractOptions, run_extract
-from fastslow_cli.store import FeatureStore
+from fastslow_cli.features.extract import ExtractOptions, run_extract
+from fastslow_cli.store.parquet import FeatureStore
 from fastslow_cli.workspace import Workspace
 
 
@@ -92,7 +92,7 @@ def test_incompatible_options_refused(tmp_path: Path, good_media: dict) -> None:
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from fastslow_cli.extract import ExtractOptions, run_extract
+from fastslow_cli.features.extract import ExtractOptions, run_extract
 from fastslow_cli.workspace import Workspace
 run_extract([sys.argv[1]], Workspace(Path(sys.argv[2])), ExtractOptions(flush_items=5, workers=1), progress=False)
 """
@@ -131,7 +131,7 @@ def test_decoder_crash_costs_one_file(tmp_path: Path, good_media: dict, monkeypa
     for name in ("a", "b", "c"):
         shutil.copy(good_media["png"], src / f"{name}.png")
     Path(src / "crash.png").write_bytes((src / "a.png").read_bytes() + b"!")  # distinct content
-    import fastslow_cli.extract as extract_mod
+    import fastslow_cli.features.extract as extract_mod
 
     real_pool = extract_mod.DecodePool
 
@@ -146,7 +146,7 @@ def test_decoder_crash_costs_one_file(tmp_path: Path, good_media: dict, monkeypa
 
 
 def _crash_on_name(item, size, frames, decoder):
-    from fastslow_cli.media import decode
+    from fastslow_cli.media.decode import decode
 
     if "crash" in item.path.name:
         os.kill(os.getpid(), signal.SIGSEGV)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastslow_cli.errors import FastslowError, UsageError
-from fastslow_cli.features import PixelBackbone, load_backbone
+from fastslow_cli.features.backbones import PixelBackbone, load_backbone
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is first imported
 

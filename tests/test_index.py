@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from fastslow_cli import index as index_mod
-from fastslow_cli.ann import AnnParams
+from fastslow_cli.index import folder as index_mod
+from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.index import IndexChunk, SearchIndex, add_to_index, build_index, recover, write_index, writer_lock
+from fastslow_cli.index.folder import IndexChunk, SearchIndex, add_to_index, build_index, recover, write_index, writer_lock
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
-from fastslow_cli.retrieval import NativeFast, NativeSlow
-from fastslow_cli.store import FeatureRow, FeatureStore
-from fastslow_cli.text import TextTokenizer
+from fastslow_cli.search.retrievers import NativeFast, NativeSlow
+from fastslow_cli.store.parquet import FeatureRow, FeatureStore
+from fastslow_cli.text.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 

@@ -12,18 +12,8 @@ import numpy as np
 import pytest
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.media import (
-    IMAGE_EXTS,
-    VIDEO_EXTS,
-    MediaError,
-    MediaFile,
-    decode,
-    decode_image,
-    decode_video_av,
-    decode_video_decord,
-    find_media,
-    sample_indices,
-)
+from fastslow_cli.media.discover import IMAGE_EXTS, VIDEO_EXTS, MediaFile, find_media
+from fastslow_cli.media.decode import MediaError, decode, decode_image, decode_video_av, decode_video_decord, sample_indices
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_DECODERS = [decode_video_decord, decode_video_av]
@@ -254,7 +244,7 @@ def test_deleted_file_gives_a_media_error(tmp_path, good_media):
 _PERMISSION_CHECK = """
 import sys
 from pathlib import Path
-from fastslow_cli.media import MediaError, decode_image, decode_video_av
+from fastslow_cli.media.decode import MediaError, decode_image, decode_video_av
 for fn in (decode_image, decode_video_av):
     try:
         fn(Path(sys.argv[1]), 8, *([] if fn is decode_image else [2]))
@@ -289,7 +279,7 @@ def test_media_module_does_not_import_torch():
 
 
 def test_pyav_seeking_matches_decoding_every_frame(good_media, monkeypatch):
-    import fastslow_cli.media as media
+    import fastslow_cli.media.decode as media
 
     sequential = decode_video_av(good_media["clip"], 32, 8)
     monkeypatch.setattr(media, "AV_SEEK_MIN_FRAMES", 1)

@@ -10,7 +10,7 @@ import torch
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.models.checkpoint import CONFIG, content_hash, load_model, save_model
 from fastslow_cli.models.fast import FastConfig, FastModel
-from fastslow_cli.text import TextTokenizer
+from fastslow_cli.text.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.media import decode_video_av
+from fastslow_cli.media.decode import decode_video_av
 from fastslow_cli.models.hf import load_blip, load_clip
-from fastslow_cli.store import FeatureTable
+from fastslow_cli.store.parquet import FeatureTable
 
 TEXTS = ["a red cube left of the blue ball", "", "blue " * 300, "ünïcødé 🙂 <|endoftext|> [SEP]"]
 SIZE = 32  # both tiny models' input size

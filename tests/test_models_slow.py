@@ -10,7 +10,7 @@ import torch
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.models.checkpoint import load_model, save_model
 from fastslow_cli.models.slow import SlowConfig, SlowModel, trim_memory
-from fastslow_cli.text import TextTokenizer
+from fastslow_cli.text.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fastslow_cli.synth import SynthConfig, generate
+from fastslow_cli.demo.synth import SynthConfig, generate
 
 
 def cli(ws: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

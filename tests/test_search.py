@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from test_index import make_models, make_store
 
-from fastslow_cli.ann import AnnParams
+from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError, UsageError
-from fastslow_cli.index import SearchIndex, build_index
-from fastslow_cli.retrieval import NativeFast, NativeSlow
-from fastslow_cli.search import Result, Searcher, blend, check_query
-from fastslow_cli.store import FeatureStore
+from fastslow_cli.index.folder import SearchIndex, build_index
+from fastslow_cli.search.retrievers import NativeFast, NativeSlow
+from fastslow_cli.search.searcher import Result, Searcher, blend, check_query
+from fastslow_cli.store.parquet import FeatureStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fastslow_cli import store as store_module
+from fastslow_cli.store import parquet as store_module
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.store import FeatureRow, FeatureStore
+from fastslow_cli.store.parquet import FeatureRow, FeatureStore
 
 SHAPES = [(4, 4, 3), (2, 2, 5)]
 SPEC = {"name": "test-backbone", "input_size": 16}

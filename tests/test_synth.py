@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastslow_cli import synth
+from fastslow_cli.demo import synth
 from fastslow_cli.errors import FastslowError, UsageError
 
 TINY = synth.SynthConfig(n_images=30, n_videos=4, seed=7)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.text import (
+from fastslow_cli.text.tokenizer import (
     BOS_ID,
     EOS_ID,
     PAD_ID,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.evaluate import (
+from fastslow_cli.eval.metrics import (
     Features,
     evaluate_scores,
     fast_score_matrix,
@@ -18,10 +18,10 @@ from fastslow_cli.evaluate import (
     slow_memory,
     slow_score_matrix,
 )
-from fastslow_cli.features import PixelBackbone
+from fastslow_cli.features.backbones import PixelBackbone
 from fastslow_cli.models.fast import FastConfig
 from fastslow_cli.models.slow import SlowConfig
-from fastslow_cli.train import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
+from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 

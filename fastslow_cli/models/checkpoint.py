@@ -23,7 +23,7 @@ from fastslow_cli.atomic import atomic_path, atomic_write_json, file_sha256
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
-from fastslow_cli.text import TextTokenizer
+from fastslow_cli.text.tokenizer import TextTokenizer
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"

@@ -52,10 +52,11 @@ import torch
 import torch.nn.functional as F
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.features import _one_line, _preprocessing, _quiet, _weights_sha256
-from fastslow_cli.media import MediaError, decode_image, decode_video_av, media_kind
+from fastslow_cli.features.backbones import _one_line, _preprocessing, _quiet, _weights_sha256
+from fastslow_cli.media.discover import media_kind
+from fastslow_cli.media.decode import MediaError, decode_image, decode_video_av
 from fastslow_cli.runtime import setup_torch
-from fastslow_cli.store import FeatureTable
+from fastslow_cli.store.parquet import FeatureTable
 
 FRAME_BATCH = 16  # frames per vision-tower pass: bounds memory whatever batch_size says
 PAIR_TOKENS = 16384  # memory tokens per ITM pass (pairs x memory length): bounds memory

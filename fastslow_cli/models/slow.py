@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastslow_cli.models.layers import Block, VisualInput, check_levels
-from fastslow_cli.text import PAD_ID, reverse_tokens
+from fastslow_cli.text.tokenizer import PAD_ID, reverse_tokens
 
 KV = tuple[torch.Tensor, torch.Tensor]
 

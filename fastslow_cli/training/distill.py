@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastslow_cli.evaluate import Features, evaluate_scores
+from fastslow_cli.eval.metrics import Features, evaluate_scores
 from fastslow_cli.models.fast import FastModel
 from fastslow_cli.models.slow import SlowModel
-from fastslow_cli.text import TextTokenizer
-from fastslow_cli.train import (
+from fastslow_cli.text.tokenizer import TextTokenizer
+from fastslow_cli.training.loop import (
     Callback,
     Pair,
     TrainArgs,

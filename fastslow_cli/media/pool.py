@@ -27,7 +27,8 @@ from multiprocessing.connection import Connection, wait
 from types import TracebackType
 
 from fastslow_cli.errors import FastslowError, UsageError
-from fastslow_cli.media import Decoded, MediaError, MediaFile, decode
+from fastslow_cli.media.discover import MediaFile
+from fastslow_cli.media.decode import Decoded, MediaError, decode
 
 DecodeFn = Callable[[MediaFile, int, int, str], Decoded]
 
@@ -122,7 +123,7 @@ def _context() -> mp.context.BaseContext:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # Import the decoders once in the fork server; restarted workers then start fast.
-        ctx.set_forkserver_preload(["fastslow_cli.media", "av"])
+        ctx.set_forkserver_preload(["fastslow_cli.media.decode", "av"])
         return ctx
     return mp.get_context("spawn")
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from fastslow_cli.console import err_console, out_console
+from fastslow_cli.cli.console import err_console, out_console
 
 if TYPE_CHECKING:
-    from fastslow_cli.extract import ExtractSummary
-    from fastslow_cli.search import Result
+    from fastslow_cli.features.extract import ExtractSummary
+    from fastslow_cli.search.searcher import Result
 
 
 def render_extract_summary(summary: ExtractSummary) -> None:
@@ -27,7 +27,7 @@ def render_extract_summary(summary: ExtractSummary) -> None:
     table.add_row("seconds", f"{summary.seconds:.1f}")
     err_console.print(table)
     if not summary.found:
-        from fastslow_cli.media import IMAGE_EXTS, VIDEO_EXTS
+        from fastslow_cli.media.discover import IMAGE_EXTS, VIDEO_EXTS
 
         err_console.print(
             f"warning: no image or video file found; extract reads {' '.join(sorted(IMAGE_EXTS))} "

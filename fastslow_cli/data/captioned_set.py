@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastslow_cli.captions import load_captions, match_captions
+from fastslow_cli.data.caption_files import load_captions, match_captions
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.store import FeatureStore, FeatureTable
+from fastslow_cli.store.parquet import FeatureStore, FeatureTable
 
 Pair = tuple[str, int]  # (caption, row of its item in `table`)
 

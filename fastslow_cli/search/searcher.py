@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastslow_cli.errors import UsageError
-from fastslow_cli.index import SearchIndex
+from fastslow_cli.index.folder import SearchIndex
 
 if TYPE_CHECKING:
-    from fastslow_cli.retrieval import FastRetriever, SlowRetriever
+    from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
 
 MAX_QUERY_CHARS = 1000
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastslow_cli.console import err_console, make_progress
+from fastslow_cli.cli.console import err_console, make_progress
 from fastslow_cli.workspace import Workspace
 
 DEMO_SET = "demo"
@@ -27,7 +27,7 @@ DEMO_EPOCHS = {
 
 def demo_config(quick: bool) -> Any:
     """The dataset size: the full demo fits about 10 minutes on 2 cores, --quick one or two."""
-    from fastslow_cli.synth import SynthConfig
+    from fastslow_cli.demo.synth import SynthConfig
 
     if quick:
         return SynthConfig(n_images=600, n_videos=60, seed=0)
@@ -36,7 +36,7 @@ def demo_config(quick: bool) -> Any:
 
 def make_dataset(data_dir: Path, quick: bool) -> Path:
     """Generate the dataset unless the folder already holds the same one."""
-    from fastslow_cli.synth import generate
+    from fastslow_cli.demo.synth import generate
 
     config = demo_config(quick)
     captions = data_dir / "captions.jsonl"
@@ -85,8 +85,8 @@ def run_demo(workspace: Workspace, out: Path | None = None, quick: bool = False,
         search_command,
         train_command,
     )
-    from fastslow_cli.extract import ExtractOptions, run_extract
-    from fastslow_cli.render import render_eval, render_extract_summary, render_results
+    from fastslow_cli.features.extract import ExtractOptions, run_extract
+    from fastslow_cli.cli.render import render_eval, render_extract_summary, render_results
 
     timings: dict[str, float] = {}
     data_dir = Path(out) if out is not None else workspace.root / ("demo-data-quick" if quick else "demo-data")

@@ -32,13 +32,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastslow_cli.ann import AnnIndex, AnnParams
+from fastslow_cli.index.hnsw import AnnIndex, AnnParams
 from fastslow_cli.atomic import atomic_path, atomic_write_json, fsync_dir
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.store import FeatureStore, FeatureTable
+from fastslow_cli.store.parquet import FeatureStore, FeatureTable
 
 if TYPE_CHECKING:
-    from fastslow_cli.retrieval import FastRetriever, SlowRetriever
+    from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
 
 FORMAT = 1
 MANIFEST = "manifest.json"

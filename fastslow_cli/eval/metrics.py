@@ -20,7 +20,7 @@ import torch
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.models.fast import FastModel
 from fastslow_cli.models.slow import SlowModel
-from fastslow_cli.text import TextTokenizer
+from fastslow_cli.text.tokenizer import TextTokenizer
 
 
 class FeatureTable(Protocol):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fastslow_cli.store import FeatureTable
+from fastslow_cli.store.parquet import FeatureTable
 
 # Items padded and scored per step by `NativeSlow.score`; a multiple of `score_matrix`'s
 # item chunk (64), so chunking changes no score.

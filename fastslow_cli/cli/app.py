@@ -100,8 +100,8 @@ def extract(
     reuse their features. Exit 0 = all stored, 3 = some files failed (listed in
     features/SET/errors.jsonl), 1 = failure, 2 = bad usage.
     """
-    from fastslow_cli.extract import ExtractOptions, run_extract
-    from fastslow_cli.render import render_extract_summary
+    from fastslow_cli.features.extract import ExtractOptions, run_extract
+    from fastslow_cli.cli.render import render_extract_summary
     from fastslow_cli.workspace import resolve_workspace
 
     ws = resolve_workspace(workspace)
@@ -244,7 +244,7 @@ def index_info(workspace: WorkspaceOpt = None, name: IndexOpt = "default", json_
     if json_out:
         _emit_json(manifest)
     else:
-        from fastslow_cli.render import render_index_info
+        from fastslow_cli.cli.render import render_index_info
 
         render_index_info(manifest)
 
@@ -271,7 +271,7 @@ def search(
             for r in results:
                 _emit_json(r.to_json())
         else:
-            from fastslow_cli.render import render_results
+            from fastslow_cli.cli.render import render_results
 
             render_results(results)
 
@@ -303,7 +303,7 @@ def evaluate(
         for row in rows:
             _emit_json(row)
     else:
-        from fastslow_cli.render import render_eval
+        from fastslow_cli.cli.render import render_eval
 
         render_eval(rows, split)
 
@@ -322,7 +322,7 @@ def demo(
 
     synth, extract, train fast and slow, distil, index, eval and example searches.
     """
-    from fastslow_cli.demo import run_demo
+    from fastslow_cli.demo.pipeline import run_demo
     from fastslow_cli.workspace import resolve_workspace
 
     ws = resolve_workspace(workspace)
@@ -358,6 +358,6 @@ def main() -> None:
 def _print_error(message: str) -> None:
     from rich.text import Text
 
-    from fastslow_cli.console import err_console
+    from fastslow_cli.cli.console import err_console
 
     err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fastslow_cli.dataset import CaptionedSet
-from fastslow_cli.evaluate import evaluate_scores, find_twins
-from fastslow_cli.retrieval import FastRetriever, SlowRetriever
-from fastslow_cli.store import FeatureStore
+from fastslow_cli.data.captioned_set import CaptionedSet
+from fastslow_cli.eval.metrics import evaluate_scores, find_twins
+from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
+from fastslow_cli.store.parquet import FeatureStore
 
 Status = Callable[[str], None]
 
@@ -57,8 +57,8 @@ def rerank_scores(
     alpha: float | None,
 ) -> tuple[np.ndarray, float]:
     """Scores whose order is the search result order: re-ranked top-K first, then exact Fast order."""
-    from fastslow_cli.index import SearchIndex, build_index
-    from fastslow_cli.search import Searcher
+    from fastslow_cli.index.folder import SearchIndex, build_index
+    from fastslow_cli.search.searcher import Searcher
 
     with tempfile.TemporaryDirectory(prefix="fastslow-eval-") as tmp:
         directory = Path(tmp) / "eval"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.evaluate import (
+from fastslow_cli.eval.metrics import (
     Features,
     evaluate_scores,
     fast_score_matrix,
@@ -33,10 +33,10 @@ from fastslow_cli.evaluate import (
 )
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
-from fastslow_cli.text import TextTokenizer
+from fastslow_cli.text.tokenizer import TextTokenizer
 
 if TYPE_CHECKING:
-    from fastslow_cli.store import FeatureTable
+    from fastslow_cli.store.parquet import FeatureTable
 
 Callback = Callable[[dict[str, Any]], None]
 Pair = tuple[str, int]  # (caption text, row of the item in the feature table)

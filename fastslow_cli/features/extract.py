@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from fastslow_cli.decode_worker import DecodePool, DecodeResult
-from fastslow_cli.features import Backbone, load_backbone
-from fastslow_cli.media import MediaFile, find_media
-from fastslow_cli.store import FeatureRow, FeatureStore, StoreEntry
+from fastslow_cli.media.pool import DecodePool, DecodeResult
+from fastslow_cli.features.backbones import Backbone, load_backbone
+from fastslow_cli.media.discover import MediaFile, find_media
+from fastslow_cli.store.parquet import FeatureRow, FeatureStore, StoreEntry
 from fastslow_cli.workspace import Workspace
 
 FLUSH_SECONDS = 20.0
@@ -223,7 +223,7 @@ def _decode_and_store(
     """Decode in isolated workers, featurise in batches, append a part every few seconds."""
     from rich.text import Text
 
-    from fastslow_cli.console import RateColumn, err_console, make_progress
+    from fastslow_cli.cli.console import RateColumn, err_console, make_progress
 
     pending: list[FeatureRow] = []
     last_flush = time.monotonic()

@@ -1,0 +1,1 @@
+"""Caption files and captions matched to stored items."""

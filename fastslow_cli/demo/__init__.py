@@ -1,0 +1,1 @@
+"""The synthetic demo dataset and the demo pipeline."""

@@ -1,0 +1,1 @@
+"""Visual backbones and the extract stage (media -> feature rows)."""

@@ -1,0 +1,1 @@
+"""The search index: HNSW over Fast vectors, and the index folder."""

@@ -1,0 +1,1 @@
+"""Media files: discovery, decoding, and crash-isolated decoding in worker processes."""

@@ -1,0 +1,120 @@
+"""Finding media files: images and videos under the roots a user names, each real file once."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastslow_cli.errors import FastslowError
+
+IMAGE_EXTS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
+VIDEO_EXTS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    """One media file found on disk; `id` is its stable key in the feature store."""
+
+    id: str
+    path: Path
+    kind: str
+    size: int
+    mtime_ns: int
+
+
+
+def media_kind(path: str | os.PathLike[str]) -> str | None:
+    """'image', 'video' or None, from the extension (case-insensitive)."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in VIDEO_EXTS:
+        return "video"
+    return None
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def find_media(roots: Sequence[str | os.PathLike[str]]) -> list[MediaFile]:
+    """Every image and video under `roots`, in a stable order, each real file once.
+
+    Roots are taken in the order given; inside a folder, files are sorted by their id
+    (POSIX path relative to the root). Symlinks are followed, symlinked folders are never
+    walked twice (no loops), hidden files and folders (names starting with '.') are
+    skipped, and unreadable folders are skipped. A file given directly is kept only if
+    its extension is a known media one.
+    """
+    found: list[MediaFile] = []
+    seen: set[tuple[int, int]] = set()
+    owner_of_id: dict[str, Path] = {}
+    for root in roots:
+        root_path = Path(root).expanduser()
+        try:
+            st = root_path.stat()
+        except FileNotFoundError:
+            raise FastslowError(f"{root}: no such file or folder: check the path") from None
+        except OSError as exc:
+            raise FastslowError(f"{root}: cannot read it ({exc.strerror or exc}): check the path") from None
+        if stat.S_ISDIR(st.st_mode):
+            candidates = _walk(root_path, (st.st_dev, st.st_ino))
+        elif media_kind(root_path):
+            candidates = [(root_path.name, root_path, st)]
+        else:
+            candidates = []
+        for rel, path, fst in sorted(candidates, key=lambda c: c[0]):
+            key = (fst.st_dev, fst.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            if rel in owner_of_id:
+                raise FastslowError(
+                    f"two files would get the id {rel!r} ({owner_of_id[rel]} and {path}): "
+                    "pass their common parent folder, or extract them into separate sets (--set)"
+                )
+            owner_of_id[rel] = path
+            found.append(
+                MediaFile(
+                    id=rel,
+                    path=path.resolve(),
+                    kind=media_kind(path) or "",
+                    size=fst.st_size,
+                    mtime_ns=fst.st_mtime_ns,
+                )
+            )
+    return found
+
+
+def _walk(root: Path, root_key: tuple[int, int]) -> list[tuple[str, Path, os.stat_result]]:
+    """(id, path, stat) of media files under `root`, depth first in sorted order."""
+    visited_dirs = {root_key}
+    out: list[tuple[str, Path, os.stat_result]] = []
+    stack: list[tuple[str, str]] = [("", os.fspath(root))]
+    while stack:
+        prefix, directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable or vanished folder: skip it, keep the rest
+            continue
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    st = entry.stat()
+                    if (st.st_dev, st.st_ino) not in visited_dirs:
+                        visited_dirs.add((st.st_dev, st.st_ino))
+                        subdirs.append((f"{prefix}{entry.name}/", entry.path))
+                elif entry.is_file() and media_kind(entry.name):
+                    out.append((prefix + entry.name, Path(entry.path), entry.stat()))
+            except OSError:  # broken symlink or a race with deletion
+                continue
+        stack.extend(reversed(subdirs))
+    return out
+
+

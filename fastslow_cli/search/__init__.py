@@ -1,0 +1,1 @@
+"""Query -> results: the retrievers (models behind one interface) and the searcher."""
