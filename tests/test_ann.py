@@ -62,7 +62,7 @@ def test_identical_after_save_load(big: tuple[np.ndarray, np.ndarray, AnnIndex],
     assert info["file"] == "hnsw.bin" and info["space"] == "ip"
     assert info["bytes"] == path.stat().st_size
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert (info["dim"], info["count"], info["M"], info["ef_construction"], info["ef_search"]) == (64, 5000, 32, 200, 64)
+    assert (info["dim"], info["count"], info["M"], info["ef_construction"], info["ef_search"]) == (64, 5000, 32, 200, 256)
     assert [p.name for p in tmp_path.iterdir()] == ["hnsw.bin"]  # no temporary file left behind
     loaded = AnnIndex.load(tmp_path, info)
     assert (loaded.count, loaded.dim, loaded.params) == (5000, 64, index.params)

@@ -18,6 +18,7 @@ import typer
 
 from fastslow_cli import __version__
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 
 app = typer.Typer(
     name="fastslow",
@@ -205,9 +206,9 @@ def index_build(
     model: ModelOpt = "fast",
     slow: SlowOpt = None,
     name: IndexOpt = "default",
-    m: Annotated[int, typer.Option("--M", min=2, max=256, help="HNSW graph degree.")] = 32,
-    ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, help="HNSW build-time beam.")] = 200,
-    ef: Annotated[int, typer.Option("--ef", min=1, help="Default search-time beam (raised to k when smaller).")] = 256,
+    m: Annotated[int, typer.Option("--M", min=2, max=256, help="HNSW graph degree.")] = DEFAULT_M,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, help="HNSW build-time beam.")] = DEFAULT_EF_CONSTRUCTION,
+    ef: Annotated[int, typer.Option("--ef", min=1, help="Default search-time beam (raised to k when smaller).")] = DEFAULT_EF,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastslow_cli.cli.console import err_console, make_progress
+from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from fastslow_cli.workspace import Workspace
 
 DEMO_SET = "demo"
@@ -108,7 +109,7 @@ def run_demo(workspace: Workspace, out: Path | None = None, quick: bool = False,
     with _step("5/7 distil Slow into Fast", timings, "distill"):
         distill_command(ws, captions, set_name, slow, fast, distilled, epochs["distill"], None, None, 0, device)
     with _step("6/7 build the index (HNSW + cached Slow memory)", timings, "index"):
-        build_index_command(ws, set_name, distilled, slow, index, 32, 200, 256, device)
+        build_index_command(ws, set_name, distilled, slow, index, DEFAULT_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_EF, device)
     with _step("7/7 evaluate on the test split", timings, "eval"):
         rows = eval_command(
             ws, captions, "test", set_name, fast, slow, distilled, DEMO_RERANK, None, device, DEMO_QUERIES

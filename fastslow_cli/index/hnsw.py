@@ -22,6 +22,7 @@ import numpy as np
 
 from fastslow_cli.atomic import atomic_path, file_sha256
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 
 INDEX_FILE = "hnsw.bin"
 SPACE = "ip"
@@ -38,9 +39,9 @@ _INFO_KEYS = ("file", "sha256", "bytes", "dim", "space", "count", "M", "ef_const
 class AnnParams:
     """HNSW graph degree, build-time and query-time beam widths."""
 
-    M: int = 32
-    ef_construction: int = 200
-    ef_search: int = 64
+    M: int = DEFAULT_M
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION
+    ef_search: int = DEFAULT_EF
 
     def __post_init__(self) -> None:
         for name in ("M", "ef_construction", "ef_search"):
