@@ -12,7 +12,7 @@ if [[ -z "$MEDIA_DIR" ]]; then
   MEDIA_DIR="$(mktemp -d)/media"
   python -c "
 from pathlib import Path
-from fastslow_cli.synth import SynthConfig, generate
+from fastslow_cli.demo.synth import SynthConfig, generate
 generate(Path('$MEDIA_DIR'), SynthConfig(n_images=40, n_videos=8))
 "
 fi
