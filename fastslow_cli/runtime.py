@@ -1,6 +1,7 @@
-"""Torch set-up shared by every command that runs a model: threads and device.
+"""Torch set-up: the `--device` a model runs on, and (for the CLI only) the thread count.
 
-Imported lazily (it imports torch), never by the CLI module itself.
+The core calls `resolve_device` and never changes global torch state; the command line
+calls `use_all_cores` once per run. Imported lazily (it imports torch).
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def setup_torch(device: str | None = None) -> torch.device:
-    """Use every core for intra-op work and pick the device: `auto` means CUDA if present.
+def use_all_cores() -> None:
+    """Every core this process may use for intra-op work (what a command-line run wants)."""
+    torch.set_num_threads(cpu_count())
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """The torch device for `--device`: `auto` means CUDA if present.
 
     A device this machine does not have is a usage error naming the fix, not a torch
     traceback at the first tensor.
     """
-    torch.set_num_threads(cpu_count())
     name = (device or "auto").lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

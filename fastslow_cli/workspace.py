@@ -1,34 +1,109 @@
-"""Where fastslow keeps its data: `--workspace`, else `$FASTSLOW_WORKSPACE`, else `./.fastslow`."""
+"""The public Python API: a `Workspace` is one `.fastslow` folder and every pipeline step on it.
+
+```python
+import fastslow_cli as fs
+ws = fs.Workspace("~/.fastslow")            # or fs.Workspace(): $FASTSLOW_WORKSPACE, else ./.fastslow
+ws.extract(["~/media"])                      # -> ExtractSummary
+ws.train("fast", captions="captions.jsonl")  # and "slow"; ws.distill(...)
+ws.build_index(model="fast", slow="slow")    # ws.update_index()
+hits = ws.searcher().search("a dog catching a frisbee", k=10, rerank=20)
+```
+
+The CLI (`cli/app.py`) is a thin layer over these methods. Nothing here prints, draws or
+sets global torch state: long steps report through an optional `progress` callback that
+receives dict events (see docs/ARCHITECTURE.md, "Events"), and user-fixable problems
+raise `FastslowError` / `UsageError` with one-line messages. This module imports only
+the standard library at import time; each method imports the stage it runs.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fastslow_cli.errors import UsageError
+from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+
+if TYPE_CHECKING:
+    from fastslow_cli.data.captioned_set import CaptionedSet
+    from fastslow_cli.features.extract import ExtractSummary
+    from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
+    from fastslow_cli.search.searcher import Searcher
+    from fastslow_cli.store.parquet import FeatureStore
 
 ENV_VAR = "FASTSLOW_WORKSPACE"
 DEFAULT_DIR = ".fastslow"
+CONFIG = "workspace.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+Progress = Callable[[dict[str, Any]], None]
 
 
 def check_name(name: str, what: str) -> str:
     """Names of sets, models and indexes become folder names: keep them plain."""
     if not _NAME.match(name):
-        raise UsageError(
-            f"invalid {what} name {name!r}: use letters, digits, '.', '_' or '-' (e.g. 'default')"
-        )
+        raise UsageError(f"invalid {what} name {name!r}: use letters, digits, '.', '_' or '-' (e.g. 'default')")
     return name
 
 
-@dataclass(frozen=True)
+def _emit(progress: Progress | None, event: str, **fields: Any) -> None:
+    if progress is not None:
+        progress({"event": event, **fields})
+
+
+@dataclass
+class TrainSummary:
+    """What `train` and `distill` saved: the model folder and its best epoch's record."""
+
+    model: str
+    path: str
+    kind: str
+    best: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "path": self.path, "kind": self.kind, **self.best}
+
+
+@dataclass
+class IndexSummary:
+    """What `build_index` / `update_index` did to an index."""
+
+    index: str
+    items: int
+    added: int
+    seconds: float
+    skipped_missing: int = 0
+    has_slow: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "items": self.items,
+            "added": self.added,
+            "skipped_missing": self.skipped_missing,
+            "seconds": round(self.seconds, 3),
+        }
+
+
 class Workspace:
-    """The folder layout of DESIGN.md; creating folders is left to the writers."""
+    """One workspace folder (DESIGN.md, "Workspace layout") and the pipeline steps on it."""
 
-    root: Path
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        raw = root if root not in (None, "") else os.environ.get(ENV_VAR) or DEFAULT_DIR
+        path = Path(raw).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"workspace {path} is a file, not a folder: pass --workspace DIR")
+        self.root = path.resolve()
 
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    # ---- layout ---------------------------------------------------------------------
     def features_dir(self, set_name: str) -> Path:
         return self.root / "features" / check_name(set_name, "feature set")
 
@@ -38,11 +113,344 @@ class Workspace:
     def index_dir(self, name: str) -> Path:
         return self.root / "index" / check_name(name, "index")
 
+    def store(self, set_name: str = "default") -> FeatureStore:
+        """The feature set `set_name` (it need not exist yet)."""
+        from fastslow_cli.store.parquet import FeatureStore
 
-def resolve_workspace(option: str | os.PathLike[str] | None = None) -> Workspace:
-    """The workspace from the option, the environment, or the default, in that order."""
-    raw = option if option not in (None, "") else os.environ.get(ENV_VAR) or DEFAULT_DIR
-    root = Path(raw).expanduser()
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"workspace {root} is a file, not a folder: pass --workspace DIR")
-    return Workspace(root.resolve())
+        return FeatureStore(self.features_dir(set_name))
+
+    def indexes(self) -> list[str]:
+        """Names of the built indexes, sorted."""
+        folder = self.root / "index"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists())
+
+    def _config(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.root / CONFIG).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise FastslowError(f"cannot read {self.root / CONFIG} ({exc}): delete it (it only records the default index)") from exc
+        return data if isinstance(data, dict) else {}
+
+    def set_default_index(self, name: str) -> None:
+        """Record the index `search` uses when none is named (the demo records its own)."""
+        from fastslow_cli.atomic import atomic_write_json
+
+        atomic_write_json(self.root / CONFIG, {**self._config(), "default_index": check_name(name, "index")})
+
+    def default_index(self) -> str:
+        """The index used when none is named: 'default' if built, else the recorded one,
+        else the only one there is."""
+        built = self.indexes()
+        if "default" in built:
+            return "default"
+        recorded = self._config().get("default_index")
+        if isinstance(recorded, str) and recorded in built:
+            return recorded
+        if len(built) == 1:
+            return built[0]
+        if not built:
+            raise FastslowError(
+                f"no index in {self.root / 'index'}: build one with `fastslow index build` (or run `fastslow demo`)"
+            )
+        raise UsageError(f"{len(built)} indexes in {self.root / 'index'} ({', '.join(built)}): choose one with --index NAME")
+
+    def resolve_model(self, name: str) -> str:
+        """A model argument: a name under WORKSPACE/models, else a folder, else (HF) a hub id."""
+        if "/" not in name and "\\" not in name and not name.startswith("."):
+            candidate = self.root / "models" / name
+            if candidate.exists():
+                return str(candidate)
+            if not Path(name).exists():
+                raise FastslowError(
+                    f"no model '{name}' in {self.root / 'models'}: train it (`fastslow train ...`) or pass a model folder"
+                )
+        return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+    def _default_slow(self) -> str | None:
+        return "slow" if (self.root / "models" / "slow").exists() else None
+
+    # ---- extract ----------------------------------------------------------------------
+    def extract(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        set: str = "default",  # noqa: A002 - the CLI's --set
+        *,
+        backbone: str = "pixels",
+        frames: int = 8,
+        size: int | None = None,
+        batch_size: int = 64,
+        decoder: str = "auto",
+        workers: int = 2,
+        timeout: float = 120.0,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> ExtractSummary:
+        """Decode the media under `paths`, run the backbone, store the features (resumable)."""
+        from fastslow_cli.features.extract import ExtractOptions, run_extract
+
+        options = ExtractOptions(
+            set_name=set, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
+            decoder=decoder, workers=workers, timeout=timeout, device=device,
+        )
+        return run_extract([os.fspath(p) for p in paths], self, options, progress=progress)
+
+    # ---- training ---------------------------------------------------------------------
+    def _training_data(self, set_name: str, captions: str | os.PathLike[str], progress: Progress | None) -> CaptionedSet:
+        from fastslow_cli.data.captioned_set import captioned_set, hold_out_val
+
+        data = hold_out_val(captioned_set(self.store(set_name), captions, ("train", "val")), captions)
+        _report_matching(data, progress)
+        return data
+
+    def train(
+        self,
+        kind: str,
+        captions: str | os.PathLike[str],
+        *,
+        set: str = "default",  # noqa: A002
+        out: str | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> TrainSummary:
+        """Train a Fast or Slow model on the train split; keep the best epoch on val."""
+        from fastslow_cli.runtime import resolve_device
+        from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
+
+        if kind not in ("fast", "slow"):
+            raise UsageError(f"unknown model kind {kind!r}: train 'fast' or 'slow'")
+        model_dir = self.model_dir(out or kind)
+        dev = resolve_device(device)
+        data = self._training_data(set, captions, progress)
+        args = _with_overrides(SlowTrainArgs() if kind == "slow" else TrainArgs(), epochs, batch_size, lr, seed)
+        batch = fit_batch(args, len({item for _, item in data.pairs["train"]})).batch_size
+        _emit(
+            progress, "info",
+            message=f"train {kind}: {len(data.pairs['train'])} train / {len(data.pairs['val'])} val captions, "
+            f"{len(data.table.ids)} items, {args.epochs} epochs, batch {batch}, device {dev}",
+        )
+        trainer = train_slow if kind == "slow" else train_fast
+        result = trainer(data.table, data.pairs["train"], data.pairs["val"], args=args, callback=progress, device=dev)
+        training = {**result.args.to_dict(), "captions": str(captions)}
+        return _save_trained(model_dir, result, {"fingerprint": data.fingerprint, "set": set}, training, kind, progress)
+
+    def distill(
+        self,
+        captions: str | os.PathLike[str],
+        *,
+        teacher: str = "slow",
+        student: str = "fast",
+        out: str | None = None,
+        set: str = "default",  # noqa: A002
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> TrainSummary:
+        """Distil a trained Slow teacher into a trained Fast student (saved as a Fast model)."""
+        from fastslow_cli.models.checkpoint import load_model
+        from fastslow_cli.runtime import resolve_device
+        from fastslow_cli.training.distill import DistillArgs, distill
+
+        dev = resolve_device(device)
+        teacher_dir, student_dir = self.resolve_model(teacher), self.resolve_model(student)
+        model_dir = self.model_dir(out or f"{Path(student_dir).name}-distilled")
+        data = self._training_data(set, captions, progress)
+        t = load_model(teacher_dir, kind="slow", fingerprint=data.fingerprint)
+        s = load_model(student_dir, kind="fast", fingerprint=data.fingerprint)
+        args = _with_overrides(DistillArgs(), epochs, batch_size, lr, seed)
+        _emit(
+            progress, "info",
+            message=f"distill {Path(teacher_dir).name} -> {Path(student_dir).name}: {len(data.pairs['train'])} train "
+            f"captions, {len(data.table.ids)} items, device {dev}",
+        )
+        result = distill(
+            data.table, data.pairs["train"], data.pairs["val"], t.model, t.tokenizer, s.model, s.tokenizer,
+            args=args, callback=progress, device=dev,
+        )
+        training = {**result.args.to_dict(), "captions": str(captions), "teacher": str(teacher_dir), "student": str(student_dir)}
+        return _save_trained(model_dir, result, {"fingerprint": data.fingerprint, "set": set}, training, "fast", progress)
+
+    # ---- models -----------------------------------------------------------------------
+    def load_fast(self, name: str, device: str = "auto") -> FastRetriever:
+        """A Fast retriever by name (WORKSPACE/models), folder or Hugging Face CLIP id."""
+        from fastslow_cli.search.retrievers import load_fast
+
+        return load_fast(self.resolve_model(name), device)
+
+    def load_slow(self, name: str, device: str = "auto") -> SlowRetriever:
+        """A Slow retriever by name (WORKSPACE/models), folder or Hugging Face BLIP ITM id."""
+        from fastslow_cli.search.retrievers import load_slow
+
+        return load_slow(self.resolve_model(name), device)
+
+    def _index_models(self, manifest: dict[str, Any], device: str, need_slow: bool) -> tuple[FastRetriever, SlowRetriever | None]:
+        """The models an index was built with (their content hashes are checked by the index)."""
+        from fastslow_cli.search.retrievers import load_fast, load_slow
+
+        fast = load_fast(manifest["fast"]["path"], device)
+        slow = load_slow(manifest["slow"]["path"], device) if need_slow and manifest.get("slow") else None
+        return fast, slow
+
+    # ---- index ------------------------------------------------------------------------
+    def build_index(
+        self,
+        model: str = "fast",
+        slow: str | None = None,
+        *,
+        set: str = "default",  # noqa: A002
+        name: str = "default",
+        M: int = DEFAULT_M,  # noqa: N803 - hnswlib's name
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        ef: int = DEFAULT_EF,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> IndexSummary:
+        """Encode every stored item with the Fast model (+ Slow memory) and write the HNSW index.
+
+        `slow` None uses WORKSPACE/models/slow when it was trained; '' builds without one.
+        """
+        from fastslow_cli.index.folder import build_index
+        from fastslow_cli.index.hnsw import AnnParams
+
+        store = self.store(set)
+        store.manifest()  # a clear error when the set does not exist
+        directory = self.index_dir(name)
+        params = AnnParams(M=M, ef_construction=ef_construction, ef_search=ef)
+        fast_model = self.load_fast(model, device)
+        slow_name = self._default_slow() if slow is None else (slow or None)
+        slow_model = self.load_slow(slow_name, device) if slow_name else None
+        fingerprint = store.fingerprint()
+        for m, what in ((fast_model, "Fast"), (slow_model, "Slow")):
+            if m is not None:
+                _check_fingerprint(store, fingerprint, m.identity, what)
+        _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
+        report = build_index(
+            store, directory, fast_model, slow_model, params,
+            progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n),
+        )
+        return IndexSummary(name, report.items, report.items, report.seconds, report.skipped_missing, slow_model is not None)
+
+    def update_index(self, name: str | None = None, *, set: str = "default", device: str = "auto",  # noqa: A002
+                     progress: Progress | None = None) -> IndexSummary:
+        """Add newly extracted items to an index without rebuilding it."""
+        from fastslow_cli.index.folder import SearchIndex, add_to_index
+
+        name = name or self.default_index()
+        directory = self.index_dir(name)
+        manifest = SearchIndex.open(directory).manifest
+        fast, slow = self._index_models(manifest, device, need_slow=True)
+        report = add_to_index(self.store(set), directory, fast, slow)
+        return IndexSummary(name, int(SearchIndex.open(directory).count), report.items, report.seconds, 0, slow is not None)
+
+    def index_info(self, name: str | None = None) -> dict[str, Any]:
+        """An index's manifest: models, feature set, counts, HNSW parameters."""
+        from fastslow_cli.index.folder import read_manifest
+
+        return read_manifest(self.index_dir(name or self.default_index()))
+
+    # ---- search -----------------------------------------------------------------------
+    def searcher(self, index: str | None = None, *, rerank: bool = True, device: str = "auto") -> Searcher:
+        """A `Searcher` over an index: its models and item table are loaded once.
+
+        `rerank=False` skips loading the Slow model (searches then cannot re-rank).
+        """
+        from fastslow_cli.index.folder import SearchIndex
+        from fastslow_cli.search.searcher import Searcher
+
+        opened = SearchIndex.open(self.index_dir(index or self.default_index()))
+        fast, slow = self._index_models(opened.manifest, device, need_slow=rerank)
+        return Searcher(opened, fast, slow)
+
+    # ---- eval -------------------------------------------------------------------------
+    def evaluate(
+        self,
+        captions: str | os.PathLike[str],
+        *,
+        split: str = "test",
+        set: str = "default",  # noqa: A002
+        fast: str | None = "fast",
+        slow: str | None = "slow",
+        distilled: str | None = None,
+        rerank: int = 0,
+        alpha: float | None = None,
+        queries: int | None = None,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> list[dict[str, Any]]:
+        """R@1/5/10, median rank, twin accuracy and ms/query of each model on a captions split."""
+        from fastslow_cli.data.captioned_set import captioned_set
+        from fastslow_cli.eval.runs import run_eval
+
+        store = self.store(set)
+        data = captioned_set(store, captions, (split,))
+        _report_matching(data, progress)
+        fingerprint = store.fingerprint()
+        fast_model = self.load_fast(fast, device) if fast else None
+        slow_model = self.load_slow(slow, device) if slow else None
+        distilled_model = self.load_fast(distilled, device) if distilled else None
+        for m, what in ((fast_model, "Fast"), (slow_model, "Slow"), (distilled_model, "distilled")):
+            if m is not None:
+                _check_fingerprint(store, fingerprint, m.identity, what)
+        if rerank and slow_model is None:
+            raise UsageError("--rerank needs a Slow model: pass --slow NAME")
+        count = len(data.pairs[split]) if queries is None else min(queries, len(data.pairs[split]))
+        _emit(progress, "info", message=f"eval on split '{split}': {count} captions, {len(data.table.ids)} items")
+        return run_eval(
+            store, data, split, fast_model, slow_model, distilled_model, rerank, alpha,
+            status=lambda method: _emit(progress, "phase", message=f"evaluating {method}"), max_queries=queries,
+        )
+
+
+def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str, Any], what: str) -> None:
+    need = identity.get("fingerprint")
+    if need and need != fingerprint:
+        raise FastslowError(
+            f"the {what} model {identity.get('path')} was trained on other features than {store.directory}: "
+            "use the feature set it was trained on (--set) or retrain it"
+        )
+
+
+def _report_matching(data: CaptionedSet, progress: Progress | None) -> None:
+    for note in data.notes:
+        _emit(progress, "note", message=note)
+    if data.unmatched:
+        _emit(
+            progress, "warning",
+            message=f"{data.unmatched} caption(s) name media that is not in the feature set "
+            f"(e.g. {data.unmatched_example}); extract it to use them",
+        )
+
+
+def _with_overrides(args: Any, epochs: int | None, batch_size: int | None, lr: float | None, seed: int) -> Any:
+    """The defaults of `args` with what the user set."""
+    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    if batch_size is not None:
+        overrides["min_steps"] = 0  # a batch size the user asked for is used as is
+    return replace(args, seed=seed, **overrides)
+
+
+def _save_trained(
+    model_dir: Path, result: Any, features: dict[str, Any], training: dict[str, Any], kind: str, progress: Progress | None
+) -> TrainSummary:
+    """Checkpoint + `train_log.jsonl` (one record per epoch); the summary of the best epoch."""
+    from fastslow_cli.atomic import atomic_write_text
+    from fastslow_cli.models.checkpoint import save_model
+
+    save_model(model_dir, result.model, result.tokenizer, features, training=training, extra={"best": result.best})
+    atomic_write_text(model_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
+    best = {k: v for k, v in result.best.items() if k != "best"}
+    _emit(
+        progress, "info",
+        message=f"saved {model_dir}: best epoch {best.get('epoch')} with val R@1 {best.get('val_R@1', float('nan')):.1f}",
+    )
+    return TrainSummary(model_dir.name, str(model_dir), kind, best)

@@ -21,7 +21,7 @@ from fastslow_cli.workspace import Workspace
 
 
 def _extract(paths: list[Path], ws: Path, **kw: object):
-    return run_extract([str(p) for p in paths], Workspace(ws), ExtractOptions(**kw), progress=False)
+    return run_extract([str(p) for p in paths], Workspace(ws), ExtractOptions(**kw))
 
 
 def test_good_files_land_bad_ones_reported(media_dir: Path, good_media: dict, broken_media: dict, tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ import sys
 from pathlib import Path
 from fastslow_cli.features.extract import ExtractOptions, run_extract
 from fastslow_cli.workspace import Workspace
-run_extract([sys.argv[1]], Workspace(Path(sys.argv[2])), ExtractOptions(flush_items=5, workers=1), progress=False)
+run_extract([sys.argv[1]], Workspace(Path(sys.argv[2])), ExtractOptions(flush_items=5, workers=1))
 """
 
 

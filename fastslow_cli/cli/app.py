@@ -76,6 +76,24 @@ def _emit_json(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _workspace(option: Path | None, models: bool = True) -> Any:
+    """The workspace of `--workspace`; for commands that run models, every core for torch."""
+    from fastslow_cli.workspace import Workspace
+
+    ws = Workspace(option)
+    if models:
+        from fastslow_cli.runtime import use_all_cores
+
+        use_all_cores()
+    return ws
+
+
+def _say(message: str) -> None:
+    from fastslow_cli.cli.console import err_console
+
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def extract(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to scan recursively.", show_default=False)],
@@ -101,23 +119,15 @@ def extract(
     reuse their features. Exit 0 = all stored, 3 = some files failed (listed in
     features/SET/errors.jsonl), 1 = failure, 2 = bad usage.
     """
-    from fastslow_cli.features.extract import ExtractOptions, run_extract
+    from fastslow_cli.cli.progress import Events
     from fastslow_cli.cli.render import render_extract_summary
-    from fastslow_cli.workspace import resolve_workspace
 
-    ws = resolve_workspace(workspace)
-    options = ExtractOptions(
-        set_name=set_name,
-        backbone=backbone,
-        frames=frames,
-        size=size,
-        batch_size=batch_size,
-        decoder=decoder.value,
-        workers=workers,
-        timeout=timeout,
-        device=device,
-    )
-    summary = run_extract([str(p) for p in paths], ws, options)
+    ws = _workspace(workspace, models=backbone != "pixels")
+    with Events() as events:
+        summary = ws.extract(
+            paths, set_name, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
+            decoder=decoder.value, workers=workers, timeout=timeout, device=device, progress=events,
+        )
     if json_out:
         _emit_json(summary.to_json())
     render_extract_summary(summary)
@@ -159,11 +169,16 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a Fast or Slow model on stored features and a captions file (train split; best epoch on val)."""
-    from fastslow_cli.commands import train_command
+    from fastslow_cli.cli.progress import Events
 
-    summary = train_command(kind.value, workspace, captions, set_name, out, epochs, batch_size, lr, seed, device)
+    ws = _workspace(workspace)
+    with Events() as events:
+        summary = ws.train(
+            kind.value, captions, set=set_name, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            device=device, progress=events,
+        )
     if json_out:
-        _emit_json(summary)
+        _emit_json(summary.to_json())
 
 
 @app.command()
@@ -182,11 +197,16 @@ def distill(
     json_out: JsonOpt = False,
 ) -> None:
     """Distil a Slow teacher into a Fast student (KL to the teacher's scores + contrastive loss)."""
-    from fastslow_cli.commands import distill_command
+    from fastslow_cli.cli.progress import Events
 
-    summary = distill_command(workspace, captions, set_name, teacher, student, out, epochs, batch_size, lr, seed, device)
+    ws = _workspace(workspace)
+    with Events() as events:
+        summary = ws.distill(
+            captions, teacher=teacher, student=student, out=out, set=set_name, epochs=epochs, batch_size=batch_size,
+            lr=lr, seed=seed, device=device, progress=events,
+        )
     if json_out:
-        _emit_json(summary)
+        _emit_json(summary.to_json())
 
 
 ModelOpt = Annotated[
@@ -197,6 +217,14 @@ SlowOpt = Annotated[
     typer.Option("--slow", help="Slow model for re-ranking: name, folder or BLIP ITM id (default: 'slow' if trained)."),
 ]
 IndexOpt = Annotated[str, typer.Option("--index", "--name", help="Index name (a folder under WORKSPACE/index).")]
+UseIndexOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--index", "--name",
+        help="Index name (default: 'default', else the one `fastslow demo` built, else the only one).",
+        show_default=False,
+    ),
+]
 
 
 @index_app.command("build")
@@ -213,35 +241,49 @@ def index_build(
     json_out: JsonOpt = False,
 ) -> None:
     """Build the HNSW index from stored features and a Fast model (+ cached Slow memory)."""
-    from fastslow_cli.commands import build_index_command
+    from fastslow_cli.cli.progress import Events
 
-    report = build_index_command(workspace, set_name, model, slow, name, m, ef_construction, ef, device)
+    ws = _workspace(workspace)
+    with Events() as events:
+        report = ws.build_index(
+            model, slow, set=set_name, name=name, M=m, ef_construction=ef_construction, ef=ef, device=device,
+            progress=events,
+        )
+    _say(
+        f"index '{report.index}': {report.items} items in {report.seconds:.1f} s"
+        + (f", {report.skipped_missing} left out (media file gone)" if report.skipped_missing else "")
+        + ("" if report.has_slow else "; no Slow model: search without --rerank only")
+    )
     if json_out:
-        _emit_json(report)
+        _emit_json(report.to_json())
 
 
-@index_app.command("add")
-def index_add(
+@index_app.command("update")
+def index_update(
     workspace: WorkspaceOpt = None,
     set_name: SetOpt = "default",
-    name: IndexOpt = "default",
+    name: UseIndexOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
-    """Add newly extracted items to an index without rebuilding it."""
-    from fastslow_cli.commands import add_index_command
+    """Bring an index in line with its feature set (`index add` is an alias)."""
+    from fastslow_cli.cli.progress import Events
 
-    report = add_index_command(workspace, set_name, name, device)
+    ws = _workspace(workspace)
+    with Events() as events:
+        report = ws.update_index(name, set=set_name, device=device, progress=events)
+    _say(f"index '{report.index}': added {report.added} new item(s)")
     if json_out:
-        _emit_json(report)
+        _emit_json(report.to_json())
+
+
+index_app.command("add", help="Alias of `index update`.")(index_update)
 
 
 @index_app.command("info")
-def index_info(workspace: WorkspaceOpt = None, name: IndexOpt = "default", json_out: JsonOpt = False) -> None:
+def index_info(workspace: WorkspaceOpt = None, name: UseIndexOpt = None, json_out: JsonOpt = False) -> None:
     """Describe an index: models, feature set, counts, HNSW parameters."""
-    from fastslow_cli.commands import index_info_command
-
-    manifest = index_info_command(workspace, name)
+    manifest = _workspace(workspace, models=False).index_info(name)
     if json_out:
         _emit_json(manifest)
     else:
@@ -260,21 +302,35 @@ def search(
         Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the Fast score in re-ranking (default: the index's).")
     ] = None,
     ef: Annotated[Optional[int], typer.Option(min=1, help="HNSW search beam (default: the index's).")] = None,
-    index: IndexOpt = "default",
+    index: UseIndexOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Search the index with natural-language queries."""
-    from fastslow_cli.commands import search_command
+    from fastslow_cli.cli.queries import read_queries
+    from fastslow_cli.cli.render import render_results
+    from fastslow_cli.errors import UsageError
 
-    for results in search_command(workspace, queries, k, rerank, alpha, ef, index, device):
+    if not queries:
+        raise UsageError("no query given: `fastslow search \"a red car\"`, or `-` to read queries from stdin")
+    searcher = _workspace(workspace).searcher(index, rerank=rerank > 0, device=device)
+    skipped = 0
+    for query in read_queries(queries):
+        try:
+            results = searcher.search(query, k=k, rerank=rerank, alpha=alpha, ef=ef)
+        except UsageError as exc:  # one odd query in a batch does not stop the others
+            if queries != ["-"]:
+                raise
+            skipped += 1
+            _say(f"skipped query: {exc}")
+            continue
         if json_out:
             for r in results:
                 _emit_json(r.to_json())
         else:
-            from fastslow_cli.cli.render import render_results
-
             render_results(results)
+    if skipped:
+        raise FastslowError(f"{skipped} quer{'y' if skipped == 1 else 'ies'} from stdin could not be searched (see above)")
 
 
 @app.command("eval")
@@ -295,11 +351,14 @@ def evaluate(
     json_out: JsonOpt = False,
 ) -> None:
     """R@1/5/10, median rank, twin accuracy and ms/query of fast, slow, distilled and fast+rerank."""
-    from fastslow_cli.commands import eval_command
+    from fastslow_cli.cli.progress import Events
 
-    rows = eval_command(
-        workspace, captions, split, set_name, fast or None, slow or None, distilled, rerank, alpha, device, queries
-    )
+    ws = _workspace(workspace)
+    with Events() as events:
+        rows = ws.evaluate(
+            captions, split=split, set=set_name, fast=fast or None, slow=slow or None, distilled=distilled,
+            rerank=rerank, alpha=alpha, queries=queries, device=device, progress=events,
+        )
     if json_out:
         for row in rows:
             _emit_json(row)
@@ -323,11 +382,13 @@ def demo(
 
     synth, extract, train fast and slow, distil, index, eval and example searches.
     """
+    from fastslow_cli.cli.render import DemoEvents, render_demo_end
     from fastslow_cli.demo.pipeline import run_demo
-    from fastslow_cli.workspace import resolve_workspace
 
-    ws = resolve_workspace(workspace)
-    result = run_demo(ws, out=out, quick=quick, device=device)
+    ws = _workspace(workspace)
+    with DemoEvents() as events:
+        result = run_demo(ws, out=out, quick=quick, device=device, progress=events)
+    render_demo_end(ws, result)
     if json_out:
         _emit_json(result)
 

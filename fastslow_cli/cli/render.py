@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from fastslow_cli.cli.console import err_console, out_console
+from fastslow_cli.cli.progress import Events
 
 if TYPE_CHECKING:
     from fastslow_cli.features.extract import ExtractSummary
     from fastslow_cli.search.searcher import Result
+    from fastslow_cli.workspace import Workspace
 
 
 def render_extract_summary(summary: ExtractSummary) -> None:
@@ -118,3 +121,45 @@ def render_eval(rows: list[dict], split: str, console: Console = out_console) ->
                 markup=False,
                 highlight=False,
             )
+
+
+class DemoEvents(Events):
+    """The demo's events: a rule per step, and each step's result as the command would show it."""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "section":
+            self.close()  # the previous step's bars end with it
+            err_console.rule(event["title"])
+        elif kind == "extracted":
+            render_extract_summary(event["summary"])
+        elif kind == "evaluated":
+            render_eval(event["rows"], event["split"], err_console)
+        elif kind == "searched":
+            render_results(event["results"], err_console)
+        else:
+            super().__call__(event)
+
+
+def render_demo_end(ws: Workspace, result: dict[str, Any]) -> None:
+    """Where the time went, and the commands to try next on the demo's index."""
+    seconds = result["seconds"]
+    err_console.print(
+        "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + f"; total {sum(seconds.values()):.0f}s",
+        markup=False,
+        highlight=False,
+    )
+    w = "" if ws.root == Path(".fastslow").resolve() else f" -w {ws.root}"
+    err_console.rule("next")
+    err_console.print(
+        f"the demo's index '{result['index']}' is now this workspace's default; try:\n"
+        f"  fastslow search{w} \"a red circle left of a blue square\" --rerank 20\n"
+        f"  fastslow search{w} - --json --rerank 20 < queries.txt\n"
+        f"  fastslow index info{w}\n"
+        f"  fastslow eval{w} --captions {result['captions']} --set {result['feature_set']} "
+        f"--fast {result['models']['fast']} --slow {result['models']['slow']} --rerank 20\n"
+        "your own photos: `fastslow extract DIR`, then see the README (\"Your own photos and videos\")",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,20 +1,22 @@
 """`fastslow demo`: the whole pipeline on the embedded synthetic dataset, end to end.
 
-Each step is the same core call the matching command makes, so the demo shows (and
-tests) exactly what a user gets.
+Each step is the same `Workspace` call the matching command makes, so the demo shows
+(and tests) exactly what a user gets. Like the rest of the core it never prints: it
+reports through `progress` events, adding `section` (a step begins), `extracted`,
+`evaluated` and `searched` (a step's result, for the CLI to render).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastslow_cli.cli.console import err_console, make_progress
-from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
-from fastslow_cli.workspace import Workspace
+from fastslow_cli.workspace import Progress, Workspace
 
 DEMO_SET = "demo"
 DEMO_RERANK = 20
@@ -35,7 +37,7 @@ def demo_config(quick: bool) -> Any:
     return SynthConfig(seed=0)
 
 
-def make_dataset(data_dir: Path, quick: bool) -> Path:
+def make_dataset(data_dir: Path, quick: bool, progress: Progress | None = None) -> Path:
     """Generate the dataset unless the folder already holds the same one."""
     from fastslow_cli.demo.synth import generate
 
@@ -48,10 +50,9 @@ def make_dataset(data_dir: Path, quick: bool) -> Path:
                 return captions
         except (ValueError, KeyError):
             pass
-    with make_progress() as bar:
-        task = bar.add_task("synth dataset", total=config.n_images + config.n_videos)
-        captions = generate(data_dir, config, progress=lambda k: bar.advance(task, k))
-    return captions
+    emit = progress or (lambda _e: None)
+    emit({"event": "start", "stage": "synth dataset", "total": config.n_images + config.n_videos})
+    return generate(data_dir, config, progress=lambda k: emit({"event": "advance", "stage": "synth dataset", "n": k}))
 
 
 EXAMPLE_QUERIES = (
@@ -61,72 +62,57 @@ EXAMPLE_QUERIES = (
 )
 
 
-def _step(title: str, timings: dict[str, float], name: str) -> Any:
-    err_console.rule(title)
-    return _Timer(timings, name)
+def run_demo(
+    workspace: Workspace, out: Path | None = None, quick: bool = False, device: str = "auto", progress: Progress | None = None
+) -> dict[str, Any]:
+    """synth -> extract -> train fast -> train slow -> distill -> index -> eval -> searches.
 
-
-class _Timer:
-    def __init__(self, timings: dict[str, float], name: str) -> None:
-        self.timings, self.name = timings, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.timings[self.name] = time.perf_counter() - self.start
-
-
-def run_demo(workspace: Workspace, out: Path | None = None, quick: bool = False, device: str = "auto") -> dict[str, Any]:
-    """synth -> extract -> train fast -> train slow -> distill -> index -> eval -> searches."""
-    from fastslow_cli.commands import (
-        build_index_command,
-        distill_command,
-        eval_command,
-        search_command,
-        train_command,
-    )
-    from fastslow_cli.features.extract import ExtractOptions, run_extract
-    from fastslow_cli.cli.render import render_eval, render_extract_summary, render_results
-
+    The demo's index becomes the workspace's default, so a plain `fastslow search` works next.
+    """
+    emit = progress or (lambda _e: None)
     timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(title: str, name: str) -> Iterator[None]:
+        emit({"event": "section", "title": title})
+        start = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - start
+
     data_dir = Path(out) if out is not None else workspace.root / ("demo-data-quick" if quick else "demo-data")
     suffix = "-quick" if quick else ""
     set_name = DEMO_SET + suffix
     fast, slow, distilled, index = f"demo-fast{suffix}", f"demo-slow{suffix}", f"demo-distilled{suffix}", f"demo{suffix}"
     epochs = DEMO_EPOCHS["quick" if quick else "full"]
-    ws = workspace.root
 
-    with _step("1/7 synthetic dataset", timings, "synth"):
-        captions = make_dataset(data_dir, quick)
-    with _step("2/7 extract features", timings, "extract"):
-        summary = run_extract([str(data_dir)], workspace, ExtractOptions(set_name=set_name, device=device))
-        render_extract_summary(summary)
-    with _step("3/7 train the Fast model (dual encoder)", timings, "train fast"):
-        train_command("fast", ws, captions, set_name, fast, epochs["fast"], None, None, 0, device)
-    with _step("4/7 train the Slow model (cross-attention, bidirectional captioning)", timings, "train slow"):
-        train_command("slow", ws, captions, set_name, slow, epochs["slow"], None, None, 0, device)
-    with _step("5/7 distil Slow into Fast", timings, "distill"):
-        distill_command(ws, captions, set_name, slow, fast, distilled, epochs["distill"], None, None, 0, device)
-    with _step("6/7 build the index (HNSW + cached Slow memory)", timings, "index"):
-        build_index_command(ws, set_name, distilled, slow, index, DEFAULT_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_EF, device)
-    with _step("7/7 evaluate on the test split", timings, "eval"):
-        rows = eval_command(
-            ws, captions, "test", set_name, fast, slow, distilled, DEMO_RERANK, None, device, DEMO_QUERIES
-        )
-        render_eval(rows, "test", err_console)
-    err_console.rule("example searches (re-ranked)")
-    for results in search_command(ws, list(EXAMPLE_QUERIES), 3, DEMO_RERANK, None, None, index, device):
-        render_results(results, err_console)
-    total = sum(timings.values())
-    err_console.print(
-        "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s",
-        markup=False,
-        highlight=False,
-    )
+    with step("1/7 synthetic dataset", "synth"):
+        captions = make_dataset(data_dir, quick, progress)
+    with step("2/7 extract features", "extract"):
+        summary = workspace.extract([data_dir], set_name, device=device, progress=progress)
+        emit({"event": "extracted", "summary": summary})
+    with step("3/7 train the Fast model (dual encoder)", "train fast"):
+        workspace.train("fast", captions, set=set_name, out=fast, epochs=epochs["fast"], device=device, progress=progress)
+    with step("4/7 train the Slow model (cross-attention, bidirectional captioning)", "train slow"):
+        workspace.train("slow", captions, set=set_name, out=slow, epochs=epochs["slow"], device=device, progress=progress)
+    with step("5/7 distil Slow into Fast", "distill"):
+        workspace.distill(captions, teacher=slow, student=fast, out=distilled, set=set_name, epochs=epochs["distill"],
+                          device=device, progress=progress)
+    with step("6/7 build the index (HNSW + cached Slow memory)", "index"):
+        workspace.build_index(distilled, slow, set=set_name, name=index, device=device, progress=progress)
+        workspace.set_default_index(index)
+    with step("7/7 evaluate on the test split", "eval"):
+        rows = workspace.evaluate(captions, split="test", set=set_name, fast=fast, slow=slow, distilled=distilled,
+                                  rerank=DEMO_RERANK, queries=DEMO_QUERIES, device=device, progress=progress)
+        emit({"event": "evaluated", "rows": rows, "split": "test"})
+    emit({"event": "section", "title": "example searches (re-ranked)"})
+    searcher = workspace.searcher(index, device=device)
+    for query in EXAMPLE_QUERIES:
+        emit({"event": "searched", "results": searcher.search(query, k=3, rerank=DEMO_RERANK)})
     return {
         "captions": str(captions),
         "feature_set": set_name,
+        "index": index,
+        "models": {"fast": fast, "slow": slow, "distilled": distilled},
         "extract": summary.to_json(),
         "eval": rows,
         "seconds": {k: round(v, 2) for k, v in timings.items()},

@@ -215,11 +215,11 @@ class HFBackbone:
         import torch
         import transformers
 
-        from fastslow_cli.runtime import setup_torch
+        from fastslow_cli.runtime import resolve_device
 
         self.name = name
         self.batch_size = batch_size
-        self.device = setup_torch(device)
+        self.device = resolve_device(device)
         with _quiet(transformers):
             try:
                 model = transformers.AutoModel.from_pretrained(

@@ -66,7 +66,7 @@ class ExtractSummary:
         }
 
 
-ProgressFn = Callable[[str, int], None]
+Progress = Callable[[dict[str, Any]], None]  # receives dict events (docs/ARCHITECTURE.md, "Events")
 
 
 def file_hash(path: Path) -> str:
@@ -165,7 +165,7 @@ def run_extract(
     paths: Sequence[str],
     workspace: Workspace,
     options: ExtractOptions,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> ExtractSummary:
     """Extract features for every media file under `paths` into the feature set.
 
@@ -218,15 +218,16 @@ def _decode_and_store(
     backbone: Backbone,
     options: ExtractOptions,
     summary: ExtractSummary,
-    progress: bool,
+    progress: Progress | None,
 ) -> None:
     """Decode in isolated workers, featurise in batches, append a part every few seconds."""
-    from rich.text import Text
-
-    from fastslow_cli.cli.console import RateColumn, err_console, make_progress
-
     pending: list[FeatureRow] = []
     last_flush = time.monotonic()
+    stage = f"extract {options.set_name}"
+
+    def emit(event: str, **fields: Any) -> None:
+        if progress is not None:
+            progress({"event": event, **fields})
 
     def flush() -> None:
         nonlocal pending, last_flush
@@ -236,11 +237,8 @@ def _decode_and_store(
             pending = []
         last_flush = time.monotonic()
 
-    bar = make_progress(RateColumn("items")) if progress else None
+    emit("start", stage=stage, total=len(work.todo))
     try:
-        if bar is not None:
-            bar.start()
-            task = bar.add_task(f"extract {options.set_name}", total=len(work.todo))
         with DecodePool(
             size=backbone.input_size,
             frames=options.frames,
@@ -254,24 +252,19 @@ def _decode_and_store(
                     reason = r.error or "unknown decoding error"
                     store.record_error(r.item.id, str(r.item.path), reason, r.attempts)
                     summary.failed.append({"id": r.item.id, "path": str(r.item.path), "reason": reason})
-                    if bar is not None:
-                        bar.console.print(Text.assemble(("skipped ", "yellow"), f"{r.item.path}: {reason}"), soft_wrap=True)
+                    emit("failed", path=str(r.item.path), reason=reason)
                 else:
                     for r in group:
-                        if r.decoded.warning and bar is not None:
-                            bar.console.print(Text.assemble(("warning ", "yellow"), f"{r.item.path}: {r.decoded.warning}"), soft_wrap=True)
+                        if r.decoded.warning:
+                            emit("warning", path=str(r.item.path), message=r.decoded.warning)
                     pending.extend(_featurise(group, backbone, work.hashes))
                     if len(pending) >= options.flush_items or time.monotonic() - last_flush > FLUSH_SECONDS:
                         flush()
-                if bar is not None:
-                    bar.advance(task, len(group))
+                emit("advance", stage=stage, n=len(group))
         flush()
     except BaseException:
         try:
             flush()  # keep what was done before the interruption or failure
         except Exception as exc:  # noqa: BLE001 - the original error is the one to report
-            err_console.print(f"could not save the last rows: {exc}", markup=False, highlight=False)
+            emit("warning", path=str(store.directory), message=f"could not save the last rows: {exc}")
         raise
-    finally:
-        if bar is not None:
-            bar.stop()

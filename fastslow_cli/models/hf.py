@@ -55,7 +55,7 @@ from fastslow_cli.errors import FastslowError
 from fastslow_cli.features.backbones import _one_line, _preprocessing, _quiet, _weights_sha256
 from fastslow_cli.media.discover import media_kind
 from fastslow_cli.media.decode import MediaError, decode_image, decode_video_av
-from fastslow_cli.runtime import setup_torch
+from fastslow_cli.runtime import resolve_device
 from fastslow_cli.store.parquet import FeatureTable
 
 FRAME_BATCH = 16  # frames per vision-tower pass: bounds memory whatever batch_size says
@@ -93,7 +93,7 @@ class _Loaded:
 
         source, local = _resolve(path, class_name)
         fix = _fix(class_name)
-        self.device = setup_torch(device)
+        self.device = resolve_device(device)
         with _quiet(transformers):
             try:
                 config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)

@@ -183,9 +183,9 @@ def native_identity(path: str | Path, config: dict[str, Any]) -> dict[str, Any]:
 def load_native(path: str | Path, kind: str, device: str | None = None) -> NativeFast | NativeSlow:
     """Load a fastslow model folder of the given kind, wrapped for retrieval."""
     from fastslow_cli.models.checkpoint import load_model
-    from fastslow_cli.runtime import setup_torch
+    from fastslow_cli.runtime import resolve_device
 
-    dev = setup_torch(device)
+    dev = resolve_device(device)
     loaded = load_model(path, kind=kind)
     wrapper = NativeFast if kind == "fast" else NativeSlow
     return wrapper(loaded.model, loaded.tokenizer, native_identity(path, loaded.config), dev)
