@@ -128,8 +128,9 @@ class DemoEvents(Events):
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
+        if kind in ("section", "extracted", "evaluated", "searched"):
+            self.close()  # the step's bars end before its result or the next step is shown
         if kind == "section":
-            self.close()  # the previous step's bars end with it
             err_console.rule(event["title"])
         elif kind == "extracted":
             render_extract_summary(event["summary"])
