@@ -22,7 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 
 if TYPE_CHECKING:
-    from fastslow_cli.data.captioned_set import CaptionedSet
+    from fastslow_cli.data.captioned_set import CaptionedSet, CaptionsPaths
     from fastslow_cli.features.extract import ExtractSummary
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
     from fastslow_cli.search.searcher import Searcher
@@ -199,17 +199,19 @@ class Workspace:
         return run_extract([os.fspath(p) for p in paths], self, options, progress=progress)
 
     # ---- training ---------------------------------------------------------------------
-    def _training_data(self, set_name: str, captions: str | os.PathLike[str], progress: Progress | None) -> CaptionedSet:
+    def _training_data(
+        self, set_name: str, captions: CaptionsPaths, media_root: str | os.PathLike[str] | None, progress: Progress | None
+    ) -> CaptionedSet:
         from fastslow_cli.data.captioned_set import captioned_set, hold_out_val
 
-        data = hold_out_val(captioned_set(self.store(set_name), captions, ("train", "val")), captions)
+        data = hold_out_val(captioned_set(self.store(set_name), captions, ("train", "val"), media_root), captions)
         _report_matching(data, progress)
         return data
 
     def train(
         self,
         kind: str,
-        captions: str | os.PathLike[str],
+        captions: CaptionsPaths,
         *,
         set: str = "default",  # noqa: A002
         out: str | None = None,
@@ -217,10 +219,15 @@ class Workspace:
         batch_size: int | None = None,
         lr: float | None = None,
         seed: int = 0,
+        media_root: str | os.PathLike[str] | None = None,
         device: str = "auto",
         progress: Progress | None = None,
     ) -> TrainSummary:
-        """Train a Fast or Slow model on the train split; keep the best epoch on val."""
+        """Train a Fast or Slow model on the train split; keep the best epoch on val.
+
+        `captions` is one captions file or several (combined); `media_root` is the folder
+        their media paths are relative to when it is not the captions file's.
+        """
         from fastslow_cli.runtime import resolve_device
         from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
 
@@ -228,7 +235,7 @@ class Workspace:
             raise UsageError(f"unknown model kind {kind!r}: train 'fast' or 'slow'")
         model_dir = self.model_dir(out or kind)
         dev = resolve_device(device)
-        data = self._training_data(set, captions, progress)
+        data = self._training_data(set, captions, media_root, progress)
         args = _with_overrides(SlowTrainArgs() if kind == "slow" else TrainArgs(), epochs, batch_size, lr, seed)
         batch = fit_batch(args, len({item for _, item in data.pairs["train"]})).batch_size
         _emit(
@@ -238,12 +245,12 @@ class Workspace:
         )
         trainer = train_slow if kind == "slow" else train_fast
         result = trainer(data.table, data.pairs["train"], data.pairs["val"], args=args, callback=progress, device=dev)
-        training = {**result.args.to_dict(), "captions": str(captions)}
+        training = {**result.args.to_dict(), **data.provenance()}
         return _save_trained(model_dir, result, {"fingerprint": data.fingerprint, "set": set}, training, kind, progress)
 
     def distill(
         self,
-        captions: str | os.PathLike[str],
+        captions: CaptionsPaths,
         *,
         teacher: str = "slow",
         student: str = "fast",
@@ -253,6 +260,7 @@ class Workspace:
         batch_size: int | None = None,
         lr: float | None = None,
         seed: int = 0,
+        media_root: str | os.PathLike[str] | None = None,
         device: str = "auto",
         progress: Progress | None = None,
     ) -> TrainSummary:
@@ -264,7 +272,7 @@ class Workspace:
         dev = resolve_device(device)
         teacher_dir, student_dir = self.resolve_model(teacher), self.resolve_model(student)
         model_dir = self.model_dir(out or f"{Path(student_dir).name}-distilled")
-        data = self._training_data(set, captions, progress)
+        data = self._training_data(set, captions, media_root, progress)
         t = load_model(teacher_dir, kind="slow", fingerprint=data.fingerprint)
         s = load_model(student_dir, kind="fast", fingerprint=data.fingerprint)
         args = _with_overrides(DistillArgs(), epochs, batch_size, lr, seed)
@@ -277,7 +285,7 @@ class Workspace:
             data.table, data.pairs["train"], data.pairs["val"], t.model, t.tokenizer, s.model, s.tokenizer,
             args=args, callback=progress, device=dev,
         )
-        training = {**result.args.to_dict(), "captions": str(captions), "teacher": str(teacher_dir), "student": str(student_dir)}
+        training = {**result.args.to_dict(), **data.provenance(), "teacher": str(teacher_dir), "student": str(student_dir)}
         return _save_trained(model_dir, result, {"fingerprint": data.fingerprint, "set": set}, training, "fast", progress)
 
     # ---- models -----------------------------------------------------------------------
@@ -374,7 +382,7 @@ class Workspace:
     # ---- eval -------------------------------------------------------------------------
     def evaluate(
         self,
-        captions: str | os.PathLike[str],
+        captions: CaptionsPaths,
         *,
         split: str = "test",
         set: str = "default",  # noqa: A002
@@ -384,6 +392,7 @@ class Workspace:
         rerank: int = 0,
         alpha: float | None = None,
         queries: int | None = None,
+        media_root: str | os.PathLike[str] | None = None,
         device: str = "auto",
         progress: Progress | None = None,
     ) -> list[dict[str, Any]]:
@@ -392,7 +401,7 @@ class Workspace:
         from fastslow_cli.eval.runs import run_eval
 
         store = self.store(set)
-        data = captioned_set(store, captions, (split,))
+        data = captioned_set(store, captions, (split,), media_root)
         _report_matching(data, progress)
         fingerprint = store.fingerprint()
         fast_model = self.load_fast(fast, device) if fast else None
@@ -421,13 +430,15 @@ def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str
 
 
 def _report_matching(data: CaptionedSet, progress: Progress | None) -> None:
+    for report in data.files:  # the counts too, for callers that want more than the line
+        _emit(progress, "info", message=f"captions {report.describe()}", **asdict(report))
     for note in data.notes:
         _emit(progress, "note", message=note)
     if data.unmatched:
         _emit(
             progress, "warning",
             message=f"{data.unmatched} caption(s) name media that is not in the feature set "
-            f"(e.g. {data.unmatched_example}); extract it to use them",
+            f"(e.g. {data.unmatched_example}); extract it (or pass --media-root) to use them",
         )
 
 

@@ -136,10 +136,21 @@ def extract(
 
 
 CaptionsOpt = Annotated[
-    Path,
+    list[Path],
     typer.Option(
         "--captions",
-        help="Captions: JSON Lines, CSV, Karpathy JSON or VATEX JSON; media paths relative to the file.",
+        help="Captions: JSON Lines, CSV, Karpathy JSON or VATEX JSON; media paths relative to the file. "
+        "Repeat to combine files (e.g. VATEX train + validation).",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
+MediaRootOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--media-root",
+        help="Folder the captions' media paths are relative to, when not the captions file's folder.",
+        metavar="DIR",
         show_default=False,
     ),
 ]
@@ -158,6 +169,7 @@ class ModelKind(str, Enum):
 def train(
     kind: Annotated[ModelKind, typer.Argument(help="fast: the dual encoder; slow: the cross-attention re-ranker.")],
     captions: CaptionsOpt,
+    media_root: MediaRootOpt = None,
     workspace: WorkspaceOpt = None,
     set_name: SetOpt = "default",
     out: Annotated[Optional[str], typer.Option(help="Model name (default: the kind, 'fast' or 'slow').")] = None,
@@ -175,7 +187,7 @@ def train(
     with Events() as events:
         summary = ws.train(
             kind.value, captions, set=set_name, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            device=device, progress=events,
+            media_root=media_root, device=device, progress=events,
         )
     if json_out:
         _emit_json(summary.to_json())
@@ -184,6 +196,7 @@ def train(
 @app.command()
 def distill(
     captions: CaptionsOpt,
+    media_root: MediaRootOpt = None,
     workspace: WorkspaceOpt = None,
     teacher: Annotated[str, typer.Option(help="The Slow teacher (name or folder).")] = "slow",
     student: Annotated[str, typer.Option(help="The trained Fast student to start from (name or folder).")] = "fast",
@@ -203,7 +216,7 @@ def distill(
     with Events() as events:
         summary = ws.distill(
             captions, teacher=teacher, student=student, out=out, set=set_name, epochs=epochs, batch_size=batch_size,
-            lr=lr, seed=seed, device=device, progress=events,
+            lr=lr, seed=seed, media_root=media_root, device=device, progress=events,
         )
     if json_out:
         _emit_json(summary.to_json())
@@ -336,6 +349,7 @@ def search(
 @app.command("eval")
 def evaluate(
     captions: CaptionsOpt,
+    media_root: MediaRootOpt = None,
     workspace: WorkspaceOpt = None,
     split: Annotated[str, typer.Option(help="Captions split to evaluate on.")] = "test",
     set_name: SetOpt = "default",
@@ -357,7 +371,7 @@ def evaluate(
     with Events() as events:
         rows = ws.evaluate(
             captions, split=split, set=set_name, fast=fast or None, slow=slow or None, distilled=distilled,
-            rerank=rerank, alpha=alpha, queries=queries, device=device, progress=events,
+            rerank=rerank, alpha=alpha, queries=queries, media_root=media_root, device=device, progress=events,
         )
     if json_out:
         for row in rows:

@@ -18,8 +18,10 @@ it comes from a word of the file name starting with train, val or test (vatex_tr
 
 Caption text: whitespace runs become one space, ends stripped; an empty caption is an error.
 
-Media paths resolve against the captions file's folder (its *root*); absolute paths and
-`~` are kept; symlinks are resolved, as in the feature store.
+Media paths resolve against the captions file's folder (its *root*), or against the media
+root given with the file when the media are kept apart from it (Karpathy's
+dataset_flickr30k.json next to nothing, the images in some flickr30k-images/ folder);
+absolute paths and `~` are kept; symlinks are resolved, as in the feature store.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -73,8 +75,12 @@ def normalise_split(value: str | None) -> str:
     return SPLIT_ALIASES.get(name, name)
 
 
-def load_captions(path: str | os.PathLike[str]) -> list[Caption]:
-    """Read every caption of a captions file, in file order; bad input is a FastslowError."""
+def load_captions(path: str | os.PathLike[str], media_root: str | os.PathLike[str] | None = None) -> list[Caption]:
+    """Read every caption of a captions file, in file order; bad input is a FastslowError.
+
+    `media_root` is the folder the media paths are relative to, when it is not the file's.
+    """
+    root = _media_root(media_root) if media_root is not None else None
     given = Path(path).expanduser()
     if not given.exists():
         raise FastslowError(f"captions file not found: {given}; check the path")
@@ -86,12 +92,20 @@ def load_captions(path: str | os.PathLike[str]) -> list[Caption]:
         raise FastslowError(f"{given}: not UTF-8 text (byte {exc.start}); save the captions file as UTF-8") from None
     except OSError as exc:
         raise FastslowError(f"cannot read captions file {given}: {exc.strerror}; check its permissions") from None
-    reader = _Reader(given, Path(os.path.realpath(given.parent)))
+    reader = _Reader(given, root or Path(os.path.realpath(given.parent)))
     fmt = _detect(given, text)
     captions = {"jsonl": reader.jsonl, "csv": reader.csv, "json": reader.json}[fmt](text)
     if not captions:
         raise FastslowError(f"{given}: no captions in the file; {_FORMATS}")
     return captions
+
+
+def _media_root(folder: str | os.PathLike[str]) -> Path:
+    given = Path(folder).expanduser()
+    if not given.is_dir():
+        problem = "is not a folder" if given.exists() else "not found"
+        raise FastslowError(f"media root {given}: {problem}; pass --media-root the folder that holds the media")
+    return Path(os.path.realpath(given))
 
 
 def _detect(path: Path, text: str) -> str:
@@ -260,12 +274,13 @@ def match_captions(
     """Pair captions with extracted items (id -> absolute resolved path).
 
     A caption matches the item at its resolved media path. Failing that, it matches the
-    one item under its root (the captions file's folder) whose path ends with the media
-    path as written: "1000092795.jpg" finds root/flickr30k-images/1000092795.jpg, and a
-    media without extension (a VATEX videoID) matches on the file stem, so "abc" finds
-    root/videos/abc.mp4. Several such items are ambiguous: a FastslowError listing them,
-    since guessing would pair captions with the wrong video. Several items with the very
-    same path are one file extracted twice: the first id in sorted order is used.
+    one item under its root (the media root, else the captions file's folder) whose path
+    ends with the media path as written: "1000092795.jpg" finds
+    root/flickr30k-images/1000092795.jpg, and a media without extension (a VATEX videoID)
+    matches on the file stem, so "abc" finds root/videos/abc.mp4. Several such items are
+    ambiguous: a FastslowError listing them, since guessing would pair captions with the
+    wrong video. Several items with the very same path are one file extracted twice: the
+    first id in sorted order is used.
 
     Returns (caption, item id) pairs in caption order, and the captions with no item.
     """
@@ -313,20 +328,40 @@ def _under_root(
     cap: Caption, items: Mapping[str, str], by_name: dict[str, list[str]], by_stem: dict[str, list[str]]
 ) -> list[str]:
     """Items under the caption's root whose path ends with the media path as written."""
-    root = cap.root or cap.media.parent
-    try:
-        written = cap.media.relative_to(root).parts
-    except ValueError:
-        return []
+    written = written_path(cap)
     if not written:
         return []
-    last = written[-1]
-    has_suffix = bool(PurePath(last).suffix)
+    root = cap.root or cap.media.parent
     prefix = str(root).rstrip(os.sep) + os.sep
-    out = []
-    for item_id in (by_name if has_suffix else by_stem).get(last, []):
-        path = items[item_id]
-        parts = PurePath(path).parts
-        if path.startswith(prefix) and len(parts) > len(written) and parts[-len(written) : -1] == written[:-1]:
-            out.append(item_id)
-    return out
+    index = by_name if PurePath(written[-1]).suffix else by_stem
+    return [i for i in index.get(written[-1], []) if items[i].startswith(prefix) and _ends_with(items[i], written)]
+
+
+def written_path(cap: Caption) -> tuple[str, ...]:
+    """The media path as its file wrote it, relative to its root; () when it lies outside."""
+    try:
+        return cap.media.relative_to(cap.root or cap.media.parent).parts
+    except ValueError:
+        return ()
+
+
+def _ends_with(path: str, written: tuple[str, ...]) -> bool:
+    """Whether `path` ends with the written media path (its last part by stem when written without extension)."""
+    parts = PurePath(path).parts
+    last = PurePath(path).name if PurePath(written[-1]).suffix else PurePath(path).stem
+    return last == written[-1] and len(parts) > len(written) and parts[-len(written) : -1] == written[:-1]
+
+
+def nearest_item(cap: Caption, paths: Iterable[str]) -> tuple[str, Path | None] | None:
+    """For messages about a caption that matched nothing: the first item path with its file
+    name (stem, for a media without extension), and the media root that would have matched
+    it (None when no root would: the path is absolute or its folders differ)."""
+    written = written_path(cap)
+    name = written[-1] if written else cap.media.name
+    by_stem = not PurePath(name).suffix
+    same = sorted(p for p in paths if (PurePath(p).stem if by_stem else PurePath(p).name) == name)
+    if not same:
+        return None
+    if written and _ends_with(same[0], written):
+        return same[0], Path(*PurePath(same[0]).parts[: -len(written)])
+    return same[0], None
