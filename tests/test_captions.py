@@ -150,6 +150,17 @@ def test_karpathy_split_file(tmp_path: Path) -> None:
     assert caps[1].source == f"{path}: images[0].sentences[1]"
 
 
+def test_a_media_root_replaces_the_file_folder(tmp_path: Path) -> None:
+    images = _write(tmp_path / "photos" / "val2014" / "COCO_val2014_1.jpg", b"")
+    path = _write(tmp_path / "annotations" / "dataset_coco.json", json.dumps(KARPATHY))
+    caps = load_captions(path, media_root=tmp_path / "photos")
+    root = Path(os.path.realpath(tmp_path / "photos"))
+    assert [c.media for c in caps] == [root / "val2014" / "COCO_val2014_1.jpg"] * 2 + [root / "2.jpg"]
+    assert all(c.root == root for c in caps)
+    pairs, unmatched = match_captions(caps, {"x": os.path.realpath(images)})
+    assert [i for _, i in pairs] == ["x", "x"] and [c.caption for c in unmatched] == ["a dog runs"]
+
+
 @pytest.mark.parametrize(
     ("image", "expected"),
     [
@@ -297,6 +308,15 @@ def test_file_names_match_a_unique_file_deeper_in_the_tree(tree: Path) -> None:
     data = {"images": [{"filename": "1000.jpg", "split": "test", "sentences": [{"raw": "a dog"}]}]}
     caps = load_captions(_write(tree / "data" / "dataset_flickr30k.json", json.dumps(data)))
     pairs, unmatched = match_captions(caps, _items(tree, "data/flickr/1000.jpg"))
+    assert [i for _, i in pairs] == ["data/flickr/1000.jpg"] and not unmatched
+
+
+def test_trailing_paths_match_under_a_media_root_not_the_file_folder(tree: Path) -> None:
+    data = {"images": [{"filename": "1000.jpg", "split": "test", "sentences": [{"raw": "a dog"}]}]}
+    path = _write(tree / "annotations" / "dataset_flickr30k.json", json.dumps(data))
+    items = _items(tree, "data/flickr/1000.jpg")
+    assert match_captions(load_captions(path), items)[0] == []
+    pairs, unmatched = match_captions(load_captions(path, media_root=tree / "data"), items)
     assert [i for _, i in pairs] == ["data/flickr/1000.jpg"] and not unmatched
 
 

@@ -64,6 +64,48 @@ def test_training_without_a_val_split_holds_some_items_out(trained: dict[str, Pa
     assert log[-1]["val_R@1"] >= 0
 
 
+def test_standard_layouts_captions_apart_from_media_and_several_files(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Karpathy JSON for the images and VATEX train/validation/test files for the videos, all in
+    a folder of their own: --media-root finds the media, repeated --captions combine the files."""
+    ws, data = trained["ws"], trained["data"]
+    captions = [json.loads(line) for line in trained["captions"].read_text().splitlines()]
+    images = [c for c in captions if c["media"].startswith("images/")]
+    videos = [c for c in captions if c["media"].startswith("videos/")]
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    karpathy = ann / "dataset_synth.json"
+    karpathy.write_text(json.dumps({"images": [
+        {"filename": Path(c["media"]).name, "split": c["split"], "sentences": [{"raw": c["caption"]}]} for c in images
+    ]}))
+    vatex = {}
+    for split, name in (("train", "vatex_training_v1.0.json"), ("val", "vatex_validation_v1.0.json"),
+                        ("test", "vatex_public_test_english_v1.1.json")):
+        vatex[split] = ann / name
+        vatex[split].write_text(json.dumps([
+            # "videos/": the demo numbers images and videos alike, so a bare id would match both
+            {"videoID": str(Path(c["media"]).with_suffix("")), "enCap": [c["caption"]]}
+            for c in videos if c["split"] == split
+        ]))
+    files = [karpathy, vatex["train"], vatex["val"]]
+    out = ok(cli(ws, "train", "fast", *(a for f in files for a in ("--captions", str(f))), "--media-root", str(data),
+                 "--epochs", "1", "--out", "layouts"))
+    for f, kept in zip(files, (images, [c for c in videos if c["split"] == "train"], [c for c in videos if c["split"] == "val"])):
+        assert f"captions {f}: {len(kept)} of {len(kept)} captions match an item" in out.stderr
+    training = json.loads((ws / "models" / "layouts" / "config.json").read_text())["training"]
+    assert training["captions"] == [str(f) for f in files] and training["media_root"] == str(data)
+
+    out = ok(cli(ws, "eval", "--captions", str(karpathy), "--captions", str(vatex["test"]), "--media-root", str(data),
+                 "--fast", "layouts", "--slow", "", "--json"))
+    row = json.loads(out.stdout)
+    test = [c for c in captions if c["split"] == "test"]
+    assert row["queries"] == len(test) and row["items"] == len({c["media"] for c in test})
+
+    out = cli(ws, "eval", "--captions", str(karpathy), "--fast", "layouts", "--slow", "")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"in {karpathy} match an item" in out.stderr and "extract the media" not in out.stderr
+    assert f"pass --media-root {os.path.realpath(data / 'images')}" in " ".join(out.stderr.split())
+
+
 def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> None:
     ws = trained["ws"]
     queries = ["a red circle left of a blue square", "a green triangle moving up"]
@@ -157,4 +199,6 @@ def test_missing_things_are_one_line_errors(trained: dict[str, Path], tmp_path: 
     not_extracted.write_text(json.dumps({"media": "elsewhere/x.png", "caption": "a red circle", "split": "test"}) + "\n")
     out = cli(ws, "eval", "--captions", str(not_extracted))
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert f"{not_extracted}: no caption of split(s) test matches an item" in out.stderr and "extract" in out.stderr
+    message = " ".join(out.stderr.split())
+    assert f"none of the 1 media path(s) of split(s) test in {not_extracted} match an item" in message
+    assert f"names {os.path.realpath(tmp_path)}/elsewhere/x.png; the set has no file named 'x.png'" in message
