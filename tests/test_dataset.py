@@ -109,20 +109,30 @@ def test_a_caption_given_by_two_files_for_the_same_media_and_split_is_kept_once(
 def test_media_paths_that_match_nothing_are_explained_with_an_example(tmp_path: Path) -> None:
     store = _store(tmp_path, tmp_path / "mnt" / "photos" / "1000.jpg", tmp_path / "mnt" / "photos" / "1001.jpg")
     karpathy = _write(tmp_path / "data" / "dataset_flickr30k.json", _karpathy(
-        ("1000.jpg", "test", "a dog"), ("1001.jpg", "test", "a cat"), ("1001.jpg", "train", "a cat again"),
+        ("0999.jpg", "test", "never extracted"), ("1000.jpg", "test", "a dog"), ("1001.jpg", "test", "a cat"),
+        ("1001.jpg", "train", "a cat again"),
     ))
     with pytest.raises(FastslowError) as info:
         captioned_set(store, karpathy, ("test",))
     message = str(info.value)
     root = Path(os.path.realpath(tmp_path))
-    assert message.startswith(
-        f"none of the 2 media path(s) of split(s) test in {karpathy} match an item of {store.directory} "
-        f"(e.g. {karpathy}: images[0].sentences[0] names {root / 'data' / '1000.jpg'}; "
+    assert message.startswith(  # the example is the first caption whose file name the set has
+        f"none of the 3 media path(s) of split(s) test in {karpathy} match an item of {store.directory} "
+        f"(e.g. {karpathy}: images[1].sentences[0] names {root / 'data' / '1000.jpg'}; "
         f"the set has {root / 'mnt' / 'photos' / '1000.jpg'}): pass --media-root {root / 'mnt' / 'photos'} "
     )
     assert "extract the media" not in message and "\n" not in message
     # the root it suggests does make them match
     assert len(captioned_set(store, karpathy, ("test",), media_root=root / "mnt" / "photos").pairs["test"]) == 2
+
+
+def test_vatex_ids_that_match_nothing_are_compared_by_file_stem(tmp_path: Path) -> None:
+    store = _store(tmp_path, tmp_path / "vatex" / "videos" / "aaa_1_2.mp4")
+    val = _write(tmp_path / "ann" / "vatex_validation_v1.0.json", [{"videoID": "aaa_1_2", "enCap": ["A cat."]}])
+    with pytest.raises(FastslowError) as info:
+        captioned_set(store, val, ("val",))
+    videos = os.path.realpath(tmp_path / "vatex" / "videos")
+    assert f"the set has {videos}/aaa_1_2.mp4): pass --media-root {videos} " in str(info.value)
 
 
 def test_no_file_of_that_name_in_the_set_and_absolute_paths(tmp_path: Path) -> None:

@@ -352,16 +352,21 @@ def _ends_with(path: str, written: tuple[str, ...]) -> bool:
     return last == written[-1] and len(parts) > len(written) and parts[-len(written) : -1] == written[:-1]
 
 
-def nearest_item(cap: Caption, paths: Iterable[str]) -> tuple[str, Path | None] | None:
-    """For messages about a caption that matched nothing: the first item path with its file
-    name (stem, for a media without extension), and the media root that would have matched
-    it (None when no root would: the path is absolute or its folders differ)."""
-    written = written_path(cap)
-    name = written[-1] if written else cap.media.name
-    by_stem = not PurePath(name).suffix
-    same = sorted(p for p in paths if (PurePath(p).stem if by_stem else PurePath(p).name) == name)
-    if not same:
-        return None
-    if written and _ends_with(same[0], written):
-        return same[0], Path(*PurePath(same[0]).parts[: -len(written)])
-    return same[0], None
+def nearest_item(captions: Sequence[Caption], paths: Iterable[str]) -> tuple[Caption, str | None, Path | None]:
+    """For messages about captions that matched nothing: the first caption whose file name
+    (stem, for a media without extension) an item has, that item's path, and the media root
+    that would have matched it (None when no root would: the path is absolute or its
+    folders differ). With no such caption: the first caption, None, None."""
+    by_name: dict[str, str] = {}
+    by_stem: dict[str, str] = {}
+    for path in sorted(paths):
+        by_name.setdefault(PurePath(path).name, path)
+        by_stem.setdefault(PurePath(path).stem, path)
+    for cap in captions:
+        written = written_path(cap)
+        name = written[-1] if written else cap.media.name
+        same = (by_name if PurePath(name).suffix else by_stem).get(name)
+        if same is not None:
+            root = Path(*PurePath(same).parts[: -len(written)]) if written and _ends_with(same, written) else None
+            return cap, same, root
+    return captions[0], None, None

@@ -135,17 +135,15 @@ def _no_match(
             f"{label}: no caption of split(s) {asked} matches an item of {store.directory}, which holds none; "
             f"extract the media it names first (`fastslow extract DIR --set {store.directory.name}`)"
         )
-    cap = unmatched[0]
-    near = nearest_item(cap, items.values())
-    if near is None:
+    cap, same, root = nearest_item(unmatched, items.values())
+    if same is None:
         has = f"the set has no file named {cap.media.name!r}, e.g. it has {min(items.values())}"
     else:
-        has = f"the set has {near[0]}"
+        has = f"the set has {same}"
     if not written_path(cap):
         fix = "correct the media paths in the captions"
     else:
-        root = near[1] if near is not None and near[1] is not None else "DIR"
-        fix = f"pass --media-root {root} (the folder the media paths are relative to)"
+        fix = f"pass --media-root {root or 'DIR'} (the folder the media paths are relative to)"
     media = len({c.media for c in unmatched})
     return FastslowError(
         f"none of the {media:,} media path(s) of split(s) {asked} in {label} match an item of {store.directory} "
