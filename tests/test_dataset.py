@@ -82,7 +82,7 @@ def test_two_vatex_files_combined_each_with_the_split_of_its_name(tmp_path: Path
     assert [(f.path, f.captions, f.matched, f.used) for f in data.files] == [
         (str(train), 4, 3, {"train": 3, "val": 0}), (str(val), 1, 1, {"train": 0, "val": 1}),
     ]
-    assert data.files[0].describe() == f"{train}: 3 of 4 captions match an item (train 3, val 0 used)"
+    assert data.files[0].describe() == f"{train}: 3 of 4 captions match an item; used: train 3, val 0"
     assert data.unmatched == 1 and "zzz_0_0" in data.unmatched_example
     assert data.provenance()["captions"] == [str(train), str(val)]
 
@@ -217,3 +217,10 @@ def test_a_val_split_or_too_few_items_leave_the_data_as_it_is() -> None:
 def test_the_note_names_every_captions_file() -> None:
     data = hold_out_val(_data(50), [Path("a.json"), Path("b.json")])
     assert data.notes[0].startswith("a.json, b.json: no val caption matches")
+
+
+def test_an_empty_list_of_captions_files_is_a_usage_error(tmp_path: Path) -> None:
+    from fastslow_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="pass --captions FILE"):
+        captioned_set(_store(tmp_path), [], ("train",))

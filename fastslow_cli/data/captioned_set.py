@@ -26,10 +26,10 @@ class CaptionFileReport:
     used: dict[str, int]  # captions of each asked split the run uses (duplicates left out)
 
     def describe(self) -> str:
-        """One line for the user: "FILE: 900 of 1,000 captions match an item (train 800, val 100 used)"."""
+        """One line for the user: "FILE: 900 of 1,000 captions match an item; used: train 800, val 100"."""
         used = ", ".join(f"{split} {n:,}" for split, n in self.used.items())
         return (
-            f"{self.path}: {self.matched:,} of {self.captions:,} captions match an item ({used} used)"
+            f"{self.path}: {self.matched:,} of {self.captions:,} captions match an item; used: {used}"
             + (f"; {self.duplicates:,} already in an earlier file, kept once" if self.duplicates else "")
         )
 
