@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastslow_cli.data.captioned_set import CaptionedSet, captioned_set, hold_out_val
-from fastslow_cli.errors import FastslowError
+from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore
 
 SHAPES = [(2, 2, 3)]
@@ -220,7 +220,5 @@ def test_the_note_names_every_captions_file() -> None:
 
 
 def test_an_empty_list_of_captions_files_is_a_usage_error(tmp_path: Path) -> None:
-    from fastslow_cli.errors import UsageError
-
     with pytest.raises(UsageError, match="pass --captions FILE"):
         captioned_set(_store(tmp_path), [], ("train",))
