@@ -102,3 +102,21 @@ def test_import_and_workspace_stay_light() -> None:
 def test_unknown_attribute() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         fs.Nope  # noqa: B018
+
+
+def test_evaluate_several_captions_files_with_a_media_root(built: dict[str, Any], tmp_path: Path) -> None:
+    """Captions split over two files in a folder of their own: combined, counted per file."""
+    lines = built["captions"].read_text().splitlines()
+    images, videos = tmp_path / "ann" / "images.jsonl", tmp_path / "ann" / "videos.jsonl"
+    images.parent.mkdir()
+    images.write_text("".join(line + "\n" for line in lines if '"images/' in line))
+    videos.write_text("".join(line + "\n" for line in lines if '"videos/' in line))
+    events: list[dict[str, Any]] = []
+    rows = built["ws"].evaluate([images, videos], slow=None, media_root=built["captions"].parent,
+                                progress=events.append)
+    test = [json.loads(line) for line in lines if json.loads(line)["split"] == "test"]
+    assert [r["queries"] for r in rows] == [len(test)]
+    files = {e["path"]: e for e in events if e["event"] == "info" and "matched" in e}
+    assert list(files) == [str(images), str(videos)]
+    assert sum(e["used"]["test"] for e in files.values()) == len(test)
+    assert all(e["matched"] == e["captions"] and e["duplicates"] == 0 for e in files.values())
