@@ -212,11 +212,11 @@ def test_manifest_rebuilt_from_parts_when_deleted(fstore: FeatureStore) -> None:
 
 def test_damaged_files_give_one_line_errors(fstore: FeatureStore) -> None:
     fstore.append([make_row("a.png")])
-    (fstore.directory / "part-00007.parquet").write_bytes(b"not parquet")
+    (fstore.parts_dir / "part-00007.parquet").write_bytes(b"not parquet")
     with pytest.raises(FastslowError, match=r"part-00007\.parquet.*delete it") as info:
         FeatureStore(fstore.directory).entries()
     assert "\n" not in str(info.value)
-    (fstore.directory / "part-00007.parquet").unlink()
+    (fstore.parts_dir / "part-00007.parquet").unlink()
     fstore.manifest_path.write_text("{ torn")
     with pytest.raises(FastslowError, match="manifest.json"):
         FeatureStore(fstore.directory).manifest()
@@ -253,3 +253,131 @@ def test_errors_log(fstore: FeatureStore) -> None:
     errors = fstore.errors()
     assert [e["id"] for e in errors] == ["bad.mp4", "zero.mp4"]
     assert errors[0]["attempts"] == ["decord", "av"] and errors[0]["time"].endswith("+00:00")
+
+
+# ---- one row per live item, in a folder any Parquet reader opens ----------------------------
+
+
+def _plain_reads(folder: Path) -> dict[str, list[str]]:
+    """The ids each reader sees in `folder`, with no fastslow code."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    return {
+        "pyarrow": pq.read_table(folder).column("id").to_pylist(),
+        "pandas": pd.read_parquet(folder)["id"].tolist(),
+        "polars": pl.read_parquet(folder)["id"].to_list(),
+        "duckdb": [r[0] for r in duckdb.sql(f"select id from read_parquet('{folder}/**')").fetchall()],
+    }
+
+
+def test_compact_leaves_one_row_per_live_item_for_every_reader(fstore: FeatureStore) -> None:
+    fstore.append([make_row("a.png", seed=1), make_row("b.png", seed=2), make_row("v.mp4", "video", seed=3)])
+    fstore.append([make_row("a.png", seed=4)])  # a changed file, extracted again
+    assert sorted(pq.read_table(fstore.parts_dir).column("id").to_pylist()) == ["a.png", "a.png", "b.png", "v.mp4"]
+    assert fstore.compact(gone={"b.png", "never-stored.png"}) == 1
+    for reader, ids in _plain_reads(fstore.parts_dir).items():
+        assert sorted(ids) == ["a.png", "v.mp4"], reader
+    assert sorted(p.name for p in fstore.parts_dir.iterdir()) == ["part-00002.parquet"]
+    assert set(fstore.entries()) == {"a.png", "v.mp4"}
+    table = fstore.load(["a.png", "v.mp4"])
+    assert np.array_equal(bits(table.levels[1][0, :1]), bits(make_row("a.png", seed=4).levels[1]))
+    assert np.array_equal(bits(table.levels[0][1]), bits(make_row("v.mp4", "video", seed=3).levels[0]))
+    assert fstore.manifest()["counts"] == {"items": 2, "images": 1, "videos": 1, "parts": 1}
+    assert fstore.compact() == 0 and len(fstore.parts()) == 1  # nothing left to do
+
+
+def test_float16_features_read_the_same_in_every_reader(fstore: FeatureStore) -> None:
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    row = make_row("v.mp4", "video", seed=5)
+    row.levels = [np.linspace(-3, 3, level.size, dtype=np.float16).reshape(level.shape) for level in row.levels]
+    fstore.append([row])
+    expected = row.levels[1].reshape(-1).astype(np.float64)
+    folder = fstore.parts_dir
+    got = {
+        "pyarrow": pq.read_table(folder).column("level_1")[0].values.to_numpy(),
+        "pandas": pd.read_parquet(folder)["level_1"][0],
+        "polars": pl.read_parquet(folder / "*.parquet")["level_1"][0].to_numpy(),
+        "duckdb": duckdb.sql(f"select level_1 from read_parquet('{folder}/**')").fetchall()[0][0],
+    }
+    for reader, values in got.items():
+        assert np.array_equal(np.asarray(values, dtype=np.float64), expected), reader
+
+
+def test_compaction_cut_short_is_consistent_and_finished_by_the_next_writer(
+    fstore: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fstore.append([make_row("a.png", seed=1), make_row("b.png", seed=2)])
+    fstore.append([make_row("a.png", seed=3)])
+    real_unlink = Path.unlink
+
+    def crash_on_first_delete(self: Path, missing_ok: bool = False) -> None:
+        if self.parent.name == "parts":
+            raise KeyboardInterrupt("kill -9 stand-in")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", crash_on_first_delete)
+    with pytest.raises(KeyboardInterrupt):
+        fstore.compact(gone={"b.png"})
+    monkeypatch.undo()
+    assert len(list(fstore.parts_dir.iterdir())) == 3  # the new part, and both it replaces
+    reader = FeatureStore(fstore.directory)
+    assert set(reader.entries()) == {"a.png"}  # the replaced parts are ignored
+    assert np.array_equal(bits(reader.load(["a.png"]).levels[0][0]), bits(make_row("a.png", seed=3).levels[0]))
+    with FeatureStore(fstore.directory).lock():
+        pass  # any writer finishes the compaction
+    assert _plain_reads(fstore.parts_dir)["pyarrow"] == ["a.png"]
+
+
+def test_a_read_racing_a_compaction_lists_again(fstore: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    fstore.append([make_row("a.png", seed=1)])
+    fstore.append([make_row("a.png", seed=2), make_row("b.png", seed=3)])
+    reader = FeatureStore(fstore.directory)
+    real_light = FeatureStore._light
+    raced = []
+
+    def compact_first(self: FeatureStore, part: Path) -> pa.Table:
+        if not raced:
+            raced.append(part)
+            FeatureStore(fstore.directory).compact()  # another process, between listing and reading
+        return real_light(self, part)
+
+    monkeypatch.setattr(FeatureStore, "_light", compact_first)
+    entries = reader.entries()
+    assert raced and not raced[0].exists()
+    assert set(entries) == {"a.png", "b.png"} and entries["a.png"].size == 102
+
+
+def test_format_1_set_is_upgraded_once_to_path_ids(tmp_path: Path) -> None:
+    """A set written before parts/ and path ids: parts beside the manifest, relative ids,
+    and one file stored under two ids (extracted from two roots)."""
+    directory = tmp_path / "features" / "default"
+    new = FeatureStore(directory)
+    new.ensure(SPEC, SHAPES, FRAMES)
+    a, also_a, v = make_row("x/a.png", seed=1), make_row("a.png", seed=2), make_row("v.mp4", "video", seed=3)
+    also_a.path = a.path
+    new.append([a, v])
+    new.append([also_a])
+    for part in sorted(new.parts_dir.iterdir()):
+        part.rename(directory / part.name)
+    new.parts_dir.rmdir()
+    manifest = json.loads(new.manifest_path.read_text())
+    new.manifest_path.write_text(json.dumps({**manifest, "version": 1}))
+
+    notes: list[dict] = []
+    old = FeatureStore(directory, notify=notes.append)
+    entries = old.entries()
+    assert set(entries) == {"/media/x/a.png", "/media/v.mp4"}
+    assert all(item_id == e.path for item_id, e in entries.items())
+    assert entries["/media/x/a.png"].content_hash == "hash2"  # the later row won
+    assert len(notes) == 1 and notes[0]["event"] == "note" and "upgraded" in notes[0]["message"]
+    assert "\n" not in notes[0]["message"]
+    assert not list(directory.glob("part-*.parquet")) and len(old.parts()) == 1
+    assert json.loads(old.manifest_path.read_text())["version"] == store_module.FORMAT_VERSION
+    assert sorted(_plain_reads(old.parts_dir)["duckdb"]) == ["/media/v.mp4", "/media/x/a.png"]
+    FeatureStore(directory, notify=notes.append).entries()
+    assert len(notes) == 1  # once

@@ -1,16 +1,23 @@
-"""The Parquet feature store: `features/<set>/part-NNNNN.parquet` + `manifest.json` + `errors.jsonl`.
+"""The Parquet feature store: `features/<set>/parts/part-NNNNN.parquet` + `manifest.json` + `errors.jsonl`.
 
 - One row per media item; `level_<i>` columns are list<float16> holding the row's
   (T, H_i, W_i, C_i) values flattened in C order, finest level first. The shapes, the
   backbone spec and the frame count are in the manifest and in every part's Parquet
   schema metadata (key `fastslow`, JSON), so plain pyarrow can reshape the values.
-- Append-only: each `append` writes one new part atomically; old parts are never
-  rewritten. A later part supersedes an earlier row with the same id.
-- The directory is the truth: parts are found by glob, so a part written just before
-  a `kill -9` (before the manifest caught up) still counts. Temporary files from
-  atomic writes start with '.' and never match.
-- Writers hold an exclusive `flock` on `.lock`; readers take no lock (parts are
-  immutable and appear by atomic rename).
+- `parts/` holds only Parquet, so pyarrow, pandas, Polars and DuckDB open it as a dataset.
+  Temporary files are written beside it (in `features/<set>/`) and renamed in.
+- Parts are immutable. `append` adds one; a later part supersedes an earlier row with the
+  same id. `compact` rewrites the parts holding superseded or gone rows (and merges small
+  parts) into one new part whose metadata names the parts it replaces (key
+  `fastslow.replaces`), then deletes them: a reader that lists both ignores the replaced
+  ones, so every moment is consistent, and the next writer finishes a compaction cut short.
+  At rest a plain read gives exactly one row per live item.
+- The directory is the truth: parts are found by listing, so a part written just before
+  a `kill -9` (before the manifest caught up) still counts.
+- Writers hold an exclusive `flock` on `.lock`; readers take no lock (a part deleted
+  while being read makes the reader list the folder again).
+- Sets of format 1 (parts beside the manifest, ids relative to the extract root) are
+  upgraded on first open: one part in `parts/`, every id its row's resolved path.
 
 numpy + pyarrow only: no torch here.
 """
@@ -22,23 +29,25 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastslow_cli.atomic import append_jsonl, atomic_path, atomic_write_json
+from fastslow_cli.atomic import append_jsonl, atomic_path, atomic_write_json, fsync_dir
 from fastslow_cli.errors import FastslowError
 
 FORMAT = "fastslow-features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: parts beside the manifest, ids relative to the extract root
 METADATA_KEY = b"fastslow"
+REPLACES_KEY = b"fastslow.replaces"
+PARTS = "parts"
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
 LOCK = ".lock"
@@ -46,7 +55,11 @@ KINDS = ("image", "video")
 LIGHT_COLUMNS = ["id", "path", "kind", "frames", "size", "mtime_ns", "content_hash"]
 # Float16 values per row group (all levels): 64 MB, far below list<> int32 offsets.
 ROW_GROUP_VALUES = 1 << 25
+# Parts smaller than this are merged by `compact`: the many small parts of frequent flushes
+# become one, while big parts are rewritten only when they hold dead rows.
+COMPACT_PART_BYTES = 128 << 20
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
+Notify = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -152,12 +165,22 @@ def _float16_lists(arrays: list[np.ndarray]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float16()))
 
 
-class FeatureStore:
-    """One feature set: `features/<set>/`."""
+class _PartVanished(FastslowError):
+    """A listed part was deleted (by a compaction) before it could be read: list again."""
 
-    def __init__(self, directory: Path) -> None:
+
+class FeatureStore:
+    """One feature set: `features/<set>/`.
+
+    `notify` receives one-line `{"event": "note", "message": ...}` events, e.g. when an
+    old set is upgraded; the core never prints.
+    """
+
+    def __init__(self, directory: Path, notify: Notify | None = None) -> None:
         self.directory = Path(directory)
+        self.notify = notify
         self._light_cache: dict[tuple[str, int, int], pa.Table] = {}  # parts are immutable
+        self._meta_cache: dict[tuple[str, int, int], tuple[dict[str, Any], list[str]]] = {}
         self._lock_depth = 0
 
     # ---- layout -------------------------------------------------------------------
@@ -170,24 +193,35 @@ class FeatureStore:
         return self.directory / ERRORS
 
     @property
+    def parts_dir(self) -> Path:
+        """The Parquet dataset: a folder any Parquet reader can open."""
+        return self.directory / PARTS
+
+    @property
     def exists(self) -> bool:
-        return self.manifest_path.exists() or bool(self.parts())
+        return self.manifest_path.exists() or bool(_numbered(self.parts_dir)) or bool(_numbered(self.directory))
 
     def parts(self) -> list[Path]:
-        """Part files in order (oldest first), found by listing the folder."""
-        if not self.directory.is_dir():
-            return []
-        numbered = []
-        for entry in os.scandir(self.directory):
-            match = _PART.match(entry.name)
-            if match:
-                numbered.append((int(match.group(1)), Path(entry.path)))
-        return [path for _, path in sorted(numbered)]
+        """Live parts in order (oldest first): listed from `parts/`, less those a present
+        part replaces (a compaction between writing its part and deleting the old ones)."""
+        numbered = _numbered(self.parts_dir)
+        replaced: set[str] = set()
+        for path in numbered:
+            replaced.update(self._part_info(path)[1])
+        return [path for path in numbered if path.name not in replaced]
+
+    def _next_part(self) -> Path:
+        """A number above every part present, replaced ones included: numbers never recur,
+        so a `replaces` list can never name a newer part."""
+        numbered = _numbered(self.parts_dir)
+        number = int(_PART.match(numbered[-1].name).group(1)) + 1 if numbered else 0
+        return self.parts_dir / f"part-{number:05d}.parquet"
 
     # ---- writer lock ----------------------------------------------------------------
     @contextmanager
     def lock(self, wait: bool = False) -> Iterator[None]:
-        """Hold the writer lock; reentrant for this object.
+        """Hold the writer lock; reentrant for this object. Taking it finishes any upgrade
+        or compaction a crash cut short.
 
         `wait=False` fails at once with a clear message if another process writes this
         set (what a whole `extract` run should do); `append` and `ensure` wait.
@@ -224,11 +258,35 @@ class FeatureStore:
             fh.write(str(os.getpid()))
             fh.flush()
             self._lock_depth = 1
+            self._recover()
             yield
         finally:
             self._lock_depth = 0
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    def _recover(self) -> None:
+        """Under the lock no write is in flight: finish what a crash interrupted."""
+        for stale in self.directory.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        old = _numbered(self.directory)
+        if old and not _numbered(self.parts_dir):
+            self._upgrade(old)
+        else:
+            for path in old:  # an upgrade finished its part, then was cut short
+                path.unlink(missing_ok=True)
+        live = set(self.parts())
+        doomed = [path for path in _numbered(self.parts_dir) if path not in live]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if doomed:
+            fsync_dir(self.parts_dir)
+
+    def _open(self) -> None:
+        """Readers: upgrade a format-1 set first (the one case where reading writes)."""
+        if _numbered(self.directory) and not _numbered(self.parts_dir):
+            with self.lock(wait=True):
+                pass
 
     # ---- manifest -------------------------------------------------------------------
     def _missing(self) -> FastslowError:
@@ -237,7 +295,7 @@ class FeatureStore:
         )
 
     def _counts(self, parts: list[Path]) -> dict[str, int]:
-        kinds = [e.kind for e in self.entries().values()]
+        kinds = [e.kind for e in self._entries(parts).values()]
         return {
             "items": len(kinds),
             "images": kinds.count("image"),
@@ -259,7 +317,7 @@ class FeatureStore:
                     f"{self.manifest_path} is not a fastslow manifest: delete it (it is rebuilt from the parts)"
                 )
             return manifest
-        parts = self.parts()
+        parts = self.parts() or _numbered(self.directory)
         if not parts:
             return None
         meta = self._part_meta(parts[-1])
@@ -288,16 +346,17 @@ class FeatureStore:
         """The manifest with parts and counts as the folder has them now."""
         parts = self.parts()
         names = [p.name for p in parts]
-        if manifest.get("parts") != names:
-            manifest = {**manifest, "parts": names, "counts": self._counts(parts)}
+        if manifest.get("parts") != names or manifest.get("version") != FORMAT_VERSION:
+            manifest = {**manifest, "version": FORMAT_VERSION, "parts": names, "counts": self._counts(parts)}
         return manifest
 
     def manifest(self) -> dict[str, Any]:
         """The manifest; counts are recomputed if a part landed after the last update."""
+        self._open()
         stored = self._stored_manifest()
         if stored is None:
             raise self._missing()
-        return self._refreshed(stored)
+        return _retrying(lambda: self._refreshed(stored))
 
     def fingerprint(self) -> str:
         m = self.manifest()
@@ -332,50 +391,66 @@ class FeatureStore:
     def _read(self, part: Path, columns: list[str]) -> pa.Table:
         try:
             return pq.read_table(part, columns=columns)
+        except FileNotFoundError:
+            raise _vanished(part) from None
         except (OSError, pa.ArrowException) as exc:
             raise FastslowError(
                 f"cannot read feature part {part}: {_one_line(exc)}; delete it and run `fastslow extract` again"
             ) from exc
 
+    def _part_info(self, part: Path) -> tuple[dict[str, Any], list[str]]:
+        """(fastslow metadata, names of the parts it replaces), cached per part."""
+        key = _file_key(part)
+        info = self._meta_cache.get(key)
+        if info is None:
+            try:
+                raw = pq.read_schema(part).metadata or {}
+                info = (json.loads(raw[METADATA_KEY]), json.loads(raw.get(REPLACES_KEY, b"[]")))
+            except FileNotFoundError:
+                raise _vanished(part) from None
+            except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
+                raise FastslowError(
+                    f"feature part {part} has no readable fastslow metadata ({_one_line(exc)}): "
+                    "delete it and run `fastslow extract` again"
+                ) from exc
+            self._meta_cache[key] = info
+        return info
+
     def _part_meta(self, part: Path) -> dict[str, Any]:
-        try:
-            raw = pq.read_schema(part).metadata or {}
-            return json.loads(raw[METADATA_KEY])
-        except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
-            raise FastslowError(
-                f"feature part {part} has no readable fastslow metadata ({_one_line(exc)}): "
-                "delete it and run `fastslow extract` again"
-            ) from exc
+        return self._part_info(part)[0]
 
     def _light(self, part: Path) -> pa.Table:
         """Every column but the features, cached per part."""
-        stat = part.stat()
-        key = (part.name, stat.st_mtime_ns, stat.st_size)  # a deleted and rewritten number is a new part
+        key = _file_key(part)  # a deleted and rewritten number is a new part
         table = self._light_cache.get(key)
         if table is None:
             table = self._read(part, [*LIGHT_COLUMNS, "timestamps"])
             self._light_cache[key] = table
         return table
 
-    def entries(self) -> dict[str, StoreEntry]:
-        """Latest stored row per id (reads no feature columns)."""
+    def _entries(self, parts: list[Path]) -> dict[str, StoreEntry]:
         latest: dict[str, StoreEntry] = {}
-        for part in self.parts():
+        for part in parts:
             cols = self._light(part).select(LIGHT_COLUMNS).to_pydict()
             for values in zip(*(cols[c] for c in LIGHT_COLUMNS)):
                 latest[values[0]] = StoreEntry(*values)
         return latest
 
+    def entries(self) -> dict[str, StoreEntry]:
+        """The live items: latest stored row per id (reads no feature columns)."""
+        self._open()
+        return _retrying(lambda: self._entries(self.parts()))
+
     def load(self, ids: Sequence[str] | None = None) -> FeatureTable:
-        """Features of `ids` in that order (default: every item, sorted by id)."""
+        """Features of `ids` in that order (default: every live item, sorted by id)."""
         manifest = self.manifest()
+        return _retrying(lambda: self._load(manifest, ids))
+
+    def _load(self, manifest: dict[str, Any], ids: Sequence[str] | None) -> FeatureTable:
         shapes = [tuple(s) for s in manifest["levels"]]
         parts = self.parts()
-        where: dict[str, tuple[int, int]] = {}  # id -> (part index, row); later parts win
         lights = [self._light(part) for part in parts]
-        for p, light in enumerate(lights):
-            for row, item_id in enumerate(light.column("id").to_pylist()):
-                where[item_id] = (p, row)
+        where = _winners(lights)
         wanted = sorted(where) if ids is None else list(ids)
         unknown = [i for i in wanted if i not in where]
         if unknown:
@@ -432,10 +507,29 @@ class FeatureStore:
             levels.append(np.ascontiguousarray(level, dtype=np.float16))
         return levels
 
-    def _remove_stale_temporaries(self) -> None:
-        """Under the writer lock no write is in flight, so any '.*.tmp' is from a crash."""
-        for stale in self.directory.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+    def _write_schema(self, stored: dict[str, Any], replaces: Sequence[str] = ()) -> pa.Schema:
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "backbone": stored["backbone"],
+            "levels": stored["levels"],
+            "frames": stored["frames"],
+            "dtype": "float16",
+            "layout": "level_<i> holds the row's (frames, H, W, C) values in C order; (H, W, C) = levels[i]",
+        }
+        schema = _schema(meta)
+        if replaces:
+            schema = schema.with_metadata({**schema.metadata, REPLACES_KEY: json.dumps(list(replaces)).encode()})
+        return schema
+
+    @contextmanager
+    def _part_writer(self, target: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+        """A new part written beside `parts/` and renamed into it whole."""
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target, tmp_dir=self.directory) as tmp:
+            # No dictionary for features: it halves pixel-feature files but reads 3x slower.
+            with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=["kind"]) as writer:
+                yield writer
 
     def append(self, rows: Sequence[FeatureRow]) -> Path | None:
         """Write `rows` as one new part (atomically), then update the manifest.
@@ -451,27 +545,99 @@ class FeatureStore:
                 raise ValueError(f"call ensure() before append() on {self.directory}")
             shapes = [tuple(s) for s in stored["levels"]]
             checked = [self._check_row(row, shapes) for row in rows]
-            self._remove_stale_temporaries()
-            parts = self.parts()
-            number = int(_PART.match(parts[-1].name).group(1)) + 1 if parts else 0
-            target = self.directory / f"part-{number:05d}.parquet"
-            meta = {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "backbone": stored["backbone"],
-                "levels": stored["levels"],
-                "frames": stored["frames"],
-                "dtype": "float16",
-                "layout": "level_<i> holds the row's (frames, H, W, C) values in C order; (H, W, C) = levels[i]",
-            }
-            schema = _schema(meta)
-            with atomic_path(target) as tmp:
-                # No dictionary for features: it halves pixel-feature files but reads 3x slower.
-                with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=["kind"]) as writer:
-                    for start, stop in _row_groups(checked):
-                        writer.write_table(_table(rows[start:stop], checked[start:stop], schema))
+            target = self._next_part()
+            schema = self._write_schema(stored)
+            with self._part_writer(target, schema) as writer:
+                for start, stop in _row_groups(checked):
+                    writer.write_table(_table(rows[start:stop], checked[start:stop], schema))
             self._write_manifest({**self._refreshed(stored), "updated": _utc_now()})
         return target
+
+    def compact(self, gone: Collection[str] = ()) -> int:
+        """Drop superseded rows and the rows of `gone` ids, and merge small parts.
+
+        The parts holding a dead row, and every part under COMPACT_PART_BYTES when there
+        are several, are rewritten as one new part that names them in its metadata; then
+        they are deleted. Afterwards each live item has exactly one row in `parts/`.
+        Returns how many of `gone` were stored (and are now removed).
+        """
+        with self.lock(wait=True):
+            stored = self._stored_manifest()
+            parts = self.parts()
+            if stored is None or not parts:
+                return 0
+            lights = [self._light(part) for part in parts]
+            where = _winners(lights)
+            dead = {g for g in gone if g in where}
+            keep = []
+            for p, light in enumerate(lights):
+                ids = light.column("id").to_pylist()
+                keep.append(np.array([where[i] == (p, r) and i not in dead for r, i in enumerate(ids)], dtype=bool))
+            dirty = {p for p, mask in enumerate(keep) if not mask.all()}
+            small = {p for p, part in enumerate(parts) if part.stat().st_size < COMPACT_PART_BYTES}
+            victims = sorted(dirty | (small if len(small) > 1 else set()))
+            if not victims:
+                return 0
+            self._rewrite([(parts[p], keep[p]) for p in victims], stored, rekey=False)
+            for p in victims:
+                parts[p].unlink()
+            fsync_dir(self.parts_dir)
+            self._write_manifest({**self._refreshed(stored), "updated": _utc_now()})
+        return len(dead)
+
+    def _rewrite(self, sources: list[tuple[Path, np.ndarray]], stored: dict[str, Any], rekey: bool) -> Path:
+        """One new part from the kept rows of `sources` (read a row group at a time, so
+        memory stays bounded); `rekey` sets each id to the row's path (the format-1 upgrade)."""
+        target = self._next_part()
+        schema = self._write_schema(stored, replaces=[path.name for path, _ in sources if path.parent == self.parts_dir])
+        pending: list[pa.Table] = []
+        with self._part_writer(target, schema) as writer:
+            for path, keep in sources:
+                try:
+                    parquet = pq.ParquetFile(path)
+                    start = 0
+                    for group in range(parquet.num_row_groups):
+                        table = parquet.read_row_group(group)
+                        mask = keep[start : start + table.num_rows]
+                        start += table.num_rows
+                        table = table.filter(pa.array(mask))
+                        if rekey:
+                            table = table.set_column(0, "id", table.column("path"))
+                        pending.append(pa.Table.from_arrays(table.columns, schema=schema))
+                        if sum(t.nbytes for t in pending) >= 2 * ROW_GROUP_VALUES:
+                            writer.write_table(pa.concat_tables(pending))
+                            pending = []
+                except (OSError, pa.ArrowException) as exc:
+                    raise FastslowError(
+                        f"cannot read feature part {path}: {_one_line(exc)}; delete it and run `fastslow extract` again"
+                    ) from exc
+            if pending:
+                writer.write_table(pa.concat_tables(pending))
+        return target
+
+    def _upgrade(self, old: list[Path]) -> None:
+        """Format 1 -> 2, once: the live rows of the old parts become one part in `parts/`,
+        each keyed by its resolved path (two roots could give two files one relative id)."""
+        stored = self._stored_manifest()
+        lights = [self._read(part, ["path"]) for part in old]
+        where: dict[str, tuple[int, int]] = {}
+        for p, light in enumerate(lights):
+            for row, path in enumerate(light.column("path").to_pylist()):
+                where[path] = (p, row)  # later rows win, as the old ids did
+        keep = [np.zeros(light.num_rows, dtype=bool) for light in lights]
+        for p, row in where.values():
+            keep[p][row] = True
+        self._rewrite(list(zip(old, keep)), stored, rekey=True)
+        for part in old:
+            part.unlink()
+        fsync_dir(self.directory)
+        self._write_manifest({**self._refreshed(stored), "upgraded": {"from_version": stored.get("version", 1),
+                                                                      "time": _utc_now()}})
+        if self.notify is not None:
+            self.notify({"event": "note", "message": (
+                f"feature set {self.directory} upgraded: {len(where)} items now keyed by their absolute path, "
+                f"parts moved to {self.parts_dir}"
+            )})
 
     # ---- errors -----------------------------------------------------------------------
     def record_error(self, item_id: str, path: str, reason: str, attempts: list[str]) -> None:
@@ -493,6 +659,56 @@ class FeatureStore:
             if isinstance(record, dict):
                 out.append(record)
         return out
+
+
+def _numbered(folder: Path) -> list[Path]:
+    """`part-NNNNN.parquet` files in `folder`, by number."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in os.scandir(folder):
+        match = _PART.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), Path(entry.path)))
+    return [path for _, path in sorted(found)]
+
+
+def _file_key(part: Path) -> tuple[str, int, int]:
+    try:
+        st = part.stat()
+    except FileNotFoundError:
+        raise _vanished(part) from None
+    return part.name, st.st_mtime_ns, st.st_size
+
+
+def _vanished(part: Path) -> _PartVanished:
+    return _PartVanished(
+        f"feature part {part} was removed while being read (another process compacted the set): run again"
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _retrying(read: Callable[[], _T], attempts: int = 5) -> _T:
+    """Run a read again when a compaction deleted a part it had listed: its replacement is
+    in place by then, so listing again gives a consistent set of parts."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except _PartVanished:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _winners(lights: list[pa.Table]) -> dict[str, tuple[int, int]]:
+    """id -> (part index, row) of its latest row: later parts (and rows) win."""
+    where: dict[str, tuple[int, int]] = {}
+    for p, light in enumerate(lights):
+        for row, item_id in enumerate(light.column("id").to_pylist()):
+            where[item_id] = (p, row)
+    return where
 
 
 def _describe(spec: dict[str, Any]) -> str:
