@@ -20,16 +20,21 @@ from fastslow_cli.store.parquet import FeatureStore
 from fastslow_cli.workspace import Workspace
 
 
-def _extract(paths: list[Path], ws: Path, **kw: object):
-    return run_extract([str(p) for p in paths], Workspace(ws), ExtractOptions(**kw))
+def _extract(paths: list[Path], ws: Path, progress=None, **kw: object):
+    return run_extract([str(p) for p in paths], Workspace(ws), ExtractOptions(**kw), progress=progress)
+
+
+def _id(path: Path) -> str:
+    """Item ids are resolved absolute POSIX paths."""
+    return path.resolve().as_posix()
 
 
 def test_good_files_land_bad_ones_reported(media_dir: Path, good_media: dict, broken_media: dict, tmp_path: Path) -> None:
     summary = _extract([media_dir], tmp_path / "ws", frames=4)
     store = FeatureStore(tmp_path / "ws" / "features" / "default")
     entries = store.entries()
-    good_ids = {p.relative_to(media_dir).as_posix() for p in good_media.values()}
-    bad_ids = {p.relative_to(media_dir).as_posix() for p in broken_media.values()}
+    good_ids = {_id(p) for p in good_media.values()}
+    bad_ids = {_id(p) for p in broken_media.values()}
     assert good_ids <= set(entries)
     assert not bad_ids & set(entries)
     assert {f["id"] for f in summary.failed} == bad_ids
@@ -53,13 +58,15 @@ def test_rerun_skips_and_rename_reuses(tmp_path: Path, make_clip, good_media: di
     assert (first.extracted, first.skipped_existing) == (2, 0)
     second = _extract([src], ws)
     assert (second.extracted, second.skipped_existing, second.reused) == (0, 2, 0)
+    store = FeatureStore(ws / "features" / "default")
+    before = store.load([_id(src / "clip.mp4")])
     (src / "clip.mp4").rename(src / "moved.mp4")
     third = _extract([src], ws)
-    assert (third.extracted, third.reused, third.skipped_existing) == (0, 1, 1)
-    store = FeatureStore(ws / "features" / "default")
-    table = store.load(["clip.mp4", "moved.mp4"])
-    for level in table.levels:
-        assert np.array_equal(level[0], level[1])
+    assert (third.extracted, third.reused, third.skipped_existing, third.removed) == (0, 1, 1, 1)
+    assert set(store.entries()) == {_id(src / "a.png"), _id(src / "moved.mp4")}  # the old id is gone
+    after = store.load([_id(src / "moved.mp4")])
+    for old, new in zip(before.levels, after.levels):
+        assert np.array_equal(old, new)
 
 
 def test_changed_file_is_extracted_again(tmp_path: Path, good_media: dict) -> None:
@@ -68,12 +75,12 @@ def test_changed_file_is_extracted_again(tmp_path: Path, good_media: dict) -> No
     shutil.copy(good_media["png"], src / "x.png")
     ws = tmp_path / "ws"
     _extract([src], ws)
-    before = FeatureStore(ws / "features" / "default").load(["x.png"]).levels[0].copy()
+    before = FeatureStore(ws / "features" / "default").load([_id(src / "x.png")]).levels[0].copy()
     shutil.copy(good_media["jpeg"], src / "x.png")  # new content, same name
     os.utime(src / "x.png", ns=(time.time_ns(), time.time_ns() + 10**9))
     summary = _extract([src], ws)
     assert summary.extracted == 1
-    after = FeatureStore(ws / "features" / "default").load(["x.png"]).levels[0]
+    after = FeatureStore(ws / "features" / "default").load([_id(src / "x.png")]).levels[0]
     assert not np.array_equal(before, after)
     assert len(FeatureStore(ws / "features" / "default").entries()) == 1
 
@@ -89,39 +96,61 @@ def test_incompatible_options_refused(tmp_path: Path, good_media: dict) -> None:
         _extract([src], tmp_path / "ws", size=32)
 
 
+BLOCKING_DECODER = """
+import time
+from fastslow_cli.media.decode import decode
+
+def decode_or_block(item, size, frames, decoder):
+    while item.path.name.startswith("zz-block"):  # a decode that never ends
+        time.sleep(0.5)
+    return decode(item, size, frames, decoder)
+"""
+
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from fastslow_cli.features.extract import ExtractOptions, run_extract
+sys.path.insert(0, sys.argv[3])
+import blocking_decoder
+import fastslow_cli.features.extract as extract_mod
 from fastslow_cli.workspace import Workspace
-run_extract([sys.argv[1]], Workspace(Path(sys.argv[2])), ExtractOptions(flush_items=5, workers=1))
+
+real_pool = extract_mod.DecodePool
+extract_mod.DecodePool = lambda **kw: real_pool(decode_fn=blocking_decoder.decode_or_block, **kw)
+if __name__ == "__main__":
+    extract_mod.run_extract([sys.argv[1]], Workspace(Path(sys.argv[2])), extract_mod.ExtractOptions(workers=1))
 """
 
 
-def test_resume_after_kill_9(tmp_path: Path, good_media: dict, make_clip) -> None:
+def test_kill_9_keeps_the_items_flushed_on_time(tmp_path: Path, good_media: dict) -> None:
+    """Six images, then a file whose decode never ends: with the default options the six
+    reach a part within FLUSH_SECONDS although no further result arrives; `kill -9` then
+    keeps them, and a rerun completes the set with no duplicate."""
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(30):
-        make_clip(src / f"clip{i:02d}.mp4", frames=10 + i)  # distinct content: no reuse by hash
+    for i in range(6):
+        (src / f"img{i}.png").write_bytes(good_media["png"].read_bytes() + bytes([i]))  # distinct hashes
+    shutil.copy(good_media["jpeg"], src / "zz-block.jpg")
+    (tmp_path / "blocking_decoder.py").write_text(BLOCKING_DECODER)
+    script = tmp_path / "kill_me.py"
+    script.write_text(KILL_SCRIPT)
     ws = tmp_path / "ws"
-    store_dir = ws / "features" / "default"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(src), str(ws)])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(store_dir.glob("part-*.parquet")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = len(FeatureStore(store_dir).entries()) if list(store_dir.glob("part-*.parquet")) else 0
-    assert 0 < partial < 30, "the kill should land mid-run"
+    parts = ws / "features" / "default" / "parts"
+    proc = subprocess.Popen([sys.executable, str(script), str(src), str(ws), str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(parts.glob("part-*.parquet")):  # the observable condition: a part landed
+            assert proc.poll() is None, "extract ended before the blocking file"
+            assert time.monotonic() < deadline, "no part within 60 s: rows are not flushed on time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    kept = FeatureStore(ws / "features" / "default").entries()
+    assert set(kept) == {_id(src / f"img{i}.png") for i in range(6)}
     summary = _extract([src], ws)
-    assert summary.skipped_existing == partial
-    assert summary.extracted == 30 - partial
-    ids = [
-        i
-        for part in sorted(store_dir.glob("part-*.parquet"))
-        for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()
-    ]
-    assert len(ids) == len(set(ids)) == 30  # no duplicates, nothing lost
+    assert (summary.skipped_existing, summary.extracted) == (6, 1)
+    ids = pq.read_table(parts, columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 7  # no duplicates, nothing lost
 
 
 def test_decoder_crash_costs_one_file(tmp_path: Path, good_media: dict, monkeypatch) -> None:
@@ -141,7 +170,7 @@ def test_decoder_crash_costs_one_file(tmp_path: Path, good_media: dict, monkeypa
     monkeypatch.setattr(extract_mod, "DecodePool", crashing_pool)
     summary = _extract([src], tmp_path / "ws")
     assert summary.extracted == 3
-    assert [f["id"] for f in summary.failed] == ["crash.png"]
+    assert [f["id"] for f in summary.failed] == [_id(src / "crash.png")]
     assert "crash" in summary.failed[0]["reason"].lower()
 
 

@@ -33,14 +33,18 @@ def _touch(path: Path, data: bytes = b"x") -> Path:
 # ----------------------------------------------------------------------------- discovery
 
 
+def _rel(found: list[MediaFile], root: Path) -> list[str]:
+    return [Path(m.id).relative_to(root.resolve()).as_posix() for m in found]
+
+
 def test_find_media_lists_every_media_file_once_sorted(media_dir, good_media):
     root = media_dir / "good"
     found = find_media([root])
     expected = sorted(p.relative_to(root).as_posix() for p in good_media.values())
-    assert [m.id for m in found] == expected  # hidden folder and notes.txt left out
+    assert _rel(found, root) == expected  # hidden folder and notes.txt left out
     assert find_media([root]) == found  # stable
     for m in found:
-        assert m.path.is_absolute() and m.path == (root / m.id).resolve()
+        assert m.path.is_absolute() and m.id == m.path.as_posix() and m.path == m.path.resolve()
         assert m.kind == ("image" if m.path.suffix in IMAGE_EXTS else "video")
         st = m.path.stat()
         assert (m.size, m.mtime_ns) == (st.st_size, st.st_mtime_ns)
@@ -49,13 +53,13 @@ def test_find_media_lists_every_media_file_once_sorted(media_dir, good_media):
 def test_extensions_are_case_insensitive_and_others_ignored(tmp_path):
     for name in ["A.JPG", "b.Mp4", "c.WebM", "d.txt", "e.jpg.bak", "f.MKV"]:
         _touch(tmp_path / name)
-    assert [(m.id, m.kind) for m in find_media([tmp_path])] == [
+    assert [(m.path.name, m.kind) for m in find_media([tmp_path])] == [
         ("A.JPG", "image"),
         ("b.Mp4", "video"),
         ("c.WebM", "video"),
         ("f.MKV", "video"),
     ]
-    assert {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"} == IMAGE_EXTS
+    assert {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"} == IMAGE_EXTS
     assert {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"} == VIDEO_EXTS
 
 
@@ -66,10 +70,10 @@ def test_symlink_to_file_is_followed_and_counted_once(tmp_path):
     (links / "y.png").symlink_to(real)
     (links / "dangling.png").symlink_to(tmp_path / "missing.png")
     only_links = find_media([links])
-    assert [m.id for m in only_links] == ["y.png"]
+    assert [m.id for m in only_links] == [real.resolve().as_posix()]  # the id is the real file's
     assert only_links[0].path == real.resolve() and only_links[0].size == len(b"png bytes")
-    # Walking both folders: the same real file once, the first id in sorted order wins.
-    assert [m.id for m in find_media([tmp_path])] == ["links/y.png"]
+    # Walking both folders: the same real file once.
+    assert [m.id for m in find_media([tmp_path])] == [real.resolve().as_posix()]
 
 
 def test_symlinked_folder_loop_terminates(tmp_path):
@@ -77,13 +81,13 @@ def test_symlinked_folder_loop_terminates(tmp_path):
     _touch(tmp_path / "a" / "b" / "two.mp4")
     (tmp_path / "a" / "b" / "back").symlink_to(tmp_path / "a", target_is_directory=True)
     (tmp_path / "a" / "self").symlink_to(".", target_is_directory=True)
-    assert [m.id for m in find_media([tmp_path])] == ["a/b/two.mp4", "a/one.jpg"]
+    assert _rel(find_media([tmp_path]), tmp_path) == ["a/b/two.mp4", "a/one.jpg"]
 
 
 def test_hard_link_duplicate_counted_once(tmp_path):
     first = _touch(tmp_path / "a.jpg")
     os.link(first, tmp_path / "b.jpg")
-    assert [m.id for m in find_media([tmp_path])] == ["a.jpg"]
+    assert _rel(find_media([tmp_path]), tmp_path) == ["a.jpg"]
 
 
 def test_roots_in_given_order_and_file_root_uses_its_name(tmp_path):
@@ -91,7 +95,7 @@ def test_roots_in_given_order_and_file_root_uses_its_name(tmp_path):
     single = _touch(tmp_path / "deep" / "dir" / "pic.png")
     _touch(tmp_path / "readme.md")
     found = find_media([tmp_path / "z", single, tmp_path / "readme.md"])
-    assert [m.id for m in found] == ["clip.mp4", "pic.png"]
+    assert [m.path.name for m in found] == ["clip.mp4", "pic.png"]
 
 
 def test_missing_root_is_an_error_naming_it(tmp_path):
@@ -100,11 +104,12 @@ def test_missing_root_is_an_error_naming_it(tmp_path):
         find_media([tmp_path, missing])
 
 
-def test_same_id_from_two_roots_is_an_error(tmp_path):
-    _touch(tmp_path / "one" / "x.jpg", b"1")
-    _touch(tmp_path / "two" / "x.jpg", b"2")
-    with pytest.raises(FastslowError, match="'x.jpg'"):
-        find_media([tmp_path / "one", tmp_path / "two"])
+def test_same_name_under_two_roots_gives_two_ids(tmp_path):
+    one = _touch(tmp_path / "one" / "x.jpg", b"1")
+    two = _touch(tmp_path / "two" / "x.jpg", b"2")
+    found = find_media([tmp_path / "one", tmp_path / "two"])
+    assert [m.id for m in found] == [one.resolve().as_posix(), two.resolve().as_posix()]
+    assert find_media([tmp_path / "two"])[0].id == found[1].id  # whichever root names it
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -1,14 +1,21 @@
 """`fastslow extract`: media files -> feature rows in the Parquet store.
 
 discover -> skip what is stored -> reuse features of renamed files -> decode in isolated
-workers -> backbone in batches -> append parts. Rows are appended every few seconds, so an
-interrupted run (even `kill -9`) loses at most the last chunk, and rerunning completes the
-set with no duplicates.
+workers -> backbone in batches -> append parts -> drop the rows of files gone from the
+scanned roots and compact. Rows are appended every FLUSH_SECONDS or FLUSH_ITEMS, so an
+interrupted run (even `kill -9`) loses at most that much, and rerunning completes the set
+with no duplicates.
+
+Progress is reported through an optional callback of dict events (the core never prints):
+`{"event": "start", "stage": "extract SET", "total": N}`, `{"event": "advance", "stage":
+"extract SET", "n": k}`, `{"event": "failed", "path": ..., "reason": ...}`, `{"event":
+"warning", "path": ..., "message": ...}` and `{"event": "note", "message": ...}`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +30,10 @@ from fastslow_cli.media.discover import MediaFile, find_media
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, StoreEntry
 from fastslow_cli.workspace import Workspace
 
-FLUSH_SECONDS = 20.0
-FLUSH_ITEMS = 256
+# A kill -9 loses at most this much work. Measured: 5 s / 64 items add about one small
+# part per flush, and the compaction at the end of the run merges them into one.
+FLUSH_SECONDS = 5.0
+FLUSH_ITEMS = 64
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,8 @@ class ExtractOptions:
     workers: int = 2
     timeout: float = 120.0
     device: str = "auto"
-    flush_items: int = FLUSH_ITEMS  # rows per appended part at most (also flushed every FLUSH_SECONDS)
+    flush_items: int = FLUSH_ITEMS  # rows per appended part at most
+    flush_seconds: float = FLUSH_SECONDS  # and a part at least this often while rows wait
 
 
 @dataclass
@@ -48,9 +58,11 @@ class ExtractSummary:
     extracted: int = 0
     reused: int = 0
     skipped_existing: int = 0
+    removed: int = 0  # stored items whose file is gone from a scanned root
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     store_dir: str = ""
+    dataset: str = ""  # the folder of Parquet parts any reader opens
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,10 +71,12 @@ class ExtractSummary:
             "extracted": self.extracted,
             "reused": self.reused,
             "skipped_existing": self.skipped_existing,
+            "removed": self.removed,
             "failed": len(self.failed),
             "failures": self.failed,
             "seconds": round(self.seconds, 3),
             "store": self.store_dir,
+            "dataset": self.dataset,
         }
 
 
@@ -107,12 +121,35 @@ def plan(items: Sequence[MediaFile], entries: dict[str, StoreEntry]) -> Plan:
             todo.append(item)  # the decoder will report why it cannot read it
             continue
         source = by_hash.get(digest)
-        if source is not None and source.kind == item.kind:
+        if source is not None:  # same bytes: same features, and the stored (real) kind
             reusable.append((item, digest, source))
         else:
             todo.append(item)
             hashes[item.id] = digest
     return Plan(unchanged, reusable, todo, hashes)
+
+
+def vanished(roots: Sequence[Path], found: Sequence[MediaFile], entries: dict[str, StoreEntry]) -> list[str]:
+    """Ids of stored items under a scanned root (a folder, or a file named directly) whose
+    file is no longer there: deleted, or moved (found again under its new id).
+
+    Items outside the roots are left alone, and so is a file that still exists but was not
+    listed (e.g. in a folder that became unreadable): only a file that is gone is dropped.
+    """
+    found_ids = {m.id for m in found}
+    folders = [f"{root.as_posix().rstrip('/')}/" for root in roots if root.is_dir()]
+    files = {root.as_posix() for root in roots if not root.is_dir()}
+    gone = []
+    for item_id, entry in entries.items():
+        if item_id in found_ids or not (entry.path in files or entry.path.startswith(tuple(folders))):
+            continue
+        try:
+            os.stat(entry.path)
+        except (FileNotFoundError, NotADirectoryError):
+            gone.append(item_id)
+        except OSError:  # e.g. permission denied: it may well be there
+            continue
+    return gone
 
 
 def _featurise(results: Sequence[DecodeResult], backbone: Backbone, hashes: dict[str, str]) -> list[FeatureRow]:
@@ -128,7 +165,7 @@ def _featurise(results: Sequence[DecodeResult], backbone: Backbone, hashes: dict
             FeatureRow(
                 id=item.id,
                 path=str(item.path),
-                kind=item.kind,
+                kind=r.decoded.kind,  # by content: an MP4 named .jpg is a video
                 frames=t,
                 timestamps=[float(x) for x in r.decoded.timestamps],
                 size=item.size,
@@ -141,20 +178,30 @@ def _featurise(results: Sequence[DecodeResult], backbone: Backbone, hashes: dict
     return rows
 
 
-def _batches(results: Iterator[DecodeResult], frames_per_batch: int) -> Iterator[list[DecodeResult]]:
+def _batches(
+    results: Iterator[DecodeResult | None], frames_per_batch: int, max_wait: float
+) -> Iterator[list[DecodeResult]]:
     """Group decoded items so one backbone call sees about `frames_per_batch` frames.
 
-    Failed results are yielded alone so they are recorded at once.
+    Failed results are yielded alone so they are recorded at once. A batch is also yielded
+    when its first item waited `max_wait` seconds, or at a tick (None) from the pool (then
+    possibly empty), so rows reach the store on time even while results trickle in.
     """
     batch: list[DecodeResult] = []
-    count = 0
+    count, since = 0, 0.0
     for r in results:
+        if r is None:
+            yield batch
+            batch, count = [], 0
+            continue
         if r.decoded is None:
             yield [r]
             continue
+        if not batch:
+            since = time.monotonic()
         batch.append(r)
         count += r.decoded.frames.shape[0]
-        if count >= frames_per_batch:
+        if count >= frames_per_batch or time.monotonic() - since >= max_wait:
             yield batch
             batch, count = [], 0
     if batch:
@@ -167,27 +214,47 @@ def run_extract(
     options: ExtractOptions,
     progress: Progress | None = None,
 ) -> ExtractSummary:
-    """Extract features for every media file under `paths` into the feature set.
+    """Extract features for every media file under `paths` into the feature set, and drop
+    the items whose file is gone from those paths.
 
     The whole run holds the set's writer lock: a second extract into the same set fails
-    at once with a clear message instead of interleaving parts.
+    at once with a clear message instead of interleaving parts. `progress` receives the
+    events listed in the module docstring.
     """
+    emit = progress or _ignore
     started = time.perf_counter()
     items = find_media([Path(p) for p in paths])
+    roots = [Path(p).expanduser().resolve() for p in paths]
     backbone = load_backbone(options.backbone, size=options.size, device=options.device)
-    store = FeatureStore(workspace.features_dir(options.set_name))
-    summary = ExtractSummary(set_name=options.set_name, found=len(items), store_dir=str(store.directory))
+    store = FeatureStore(workspace.features_dir(options.set_name), notify=emit)
+    summary = ExtractSummary(
+        set_name=options.set_name, found=len(items), store_dir=str(store.directory), dataset=str(store.parts_dir)
+    )
     with store.lock():
         store.ensure(backbone.spec(), backbone.level_shapes(), options.frames)
-        work = plan(items, store.entries())
+        entries = store.entries()
+        work = plan(items, entries)
+        gone = vanished(roots, items, entries)
         summary.skipped_existing = len(work.unchanged)
-        if work.reusable:
-            store.append(_reused_rows(store, work.reusable))
-            summary.reused = len(work.reusable)
-        if work.todo:
-            _decode_and_store(work, store, backbone, options, summary, progress)
+        try:
+            if work.reusable:
+                store.append(_reused_rows(store, work.reusable))
+                summary.reused = len(work.reusable)
+            if work.todo:
+                _decode_and_store(work, store, backbone, options, summary, emit)
+        except BaseException:
+            try:
+                store.compact(gone)  # leave one row per item, as after a whole run
+            except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+                emit({"event": "warning", "path": str(store.parts_dir), "message": f"not compacted: {exc}"})
+            raise
+        summary.removed = store.compact(gone)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _ignore(event: dict[str, Any]) -> None:
+    """The default progress callback."""
 
 
 def _reused_rows(store: FeatureStore, reusable: Sequence[tuple[MediaFile, str, StoreEntry]]) -> list[FeatureRow]:
@@ -200,7 +267,7 @@ def _reused_rows(store: FeatureStore, reusable: Sequence[tuple[MediaFile, str, S
             FeatureRow(
                 id=item.id,
                 path=str(item.path),
-                kind=item.kind,
+                kind=table.kinds[i],
                 frames=t,
                 timestamps=list(table.timestamps[i]),
                 size=item.size,
@@ -218,16 +285,11 @@ def _decode_and_store(
     backbone: Backbone,
     options: ExtractOptions,
     summary: ExtractSummary,
-    progress: Progress | None,
+    emit: Progress,
 ) -> None:
     """Decode in isolated workers, featurise in batches, append a part every few seconds."""
     pending: list[FeatureRow] = []
     last_flush = time.monotonic()
-    stage = f"extract {options.set_name}"
-
-    def emit(event: str, **fields: Any) -> None:
-        if progress is not None:
-            progress({"event": event, **fields})
 
     def flush() -> None:
         nonlocal pending, last_flush
@@ -237,7 +299,8 @@ def _decode_and_store(
             pending = []
         last_flush = time.monotonic()
 
-    emit("start", stage=stage, total=len(work.todo))
+    stage = f"extract {options.set_name}"
+    emit({"event": "start", "stage": stage, "total": len(work.todo)})
     try:
         with DecodePool(
             size=backbone.input_size,
@@ -246,25 +309,27 @@ def _decode_and_store(
             workers=options.workers,
             timeout=options.timeout,
         ) as pool:
-            for group in _batches(pool.imap(work.todo), options.batch_size):
-                if group[0].decoded is None:
+            results = pool.imap(work.todo, tick=options.flush_seconds)
+            for group in _batches(results, options.batch_size, options.flush_seconds):
+                if group and group[0].decoded is None:
                     r = group[0]
                     reason = r.error or "unknown decoding error"
                     store.record_error(r.item.id, str(r.item.path), reason, r.attempts)
                     summary.failed.append({"id": r.item.id, "path": str(r.item.path), "reason": reason})
-                    emit("failed", path=str(r.item.path), reason=reason)
-                else:
+                    emit({"event": "failed", "path": str(r.item.path), "reason": reason})
+                elif group:
                     for r in group:
                         if r.decoded.warning:
-                            emit("warning", path=str(r.item.path), message=r.decoded.warning)
+                            emit({"event": "warning", "path": str(r.item.path), "message": r.decoded.warning})
                     pending.extend(_featurise(group, backbone, work.hashes))
-                    if len(pending) >= options.flush_items or time.monotonic() - last_flush > FLUSH_SECONDS:
-                        flush()
-                emit("advance", stage=stage, n=len(group))
+                if len(pending) >= options.flush_items or time.monotonic() - last_flush >= options.flush_seconds:
+                    flush()
+                if group:
+                    emit({"event": "advance", "stage": stage, "n": len(group)})
         flush()
     except BaseException:
         try:
             flush()  # keep what was done before the interruption or failure
         except Exception as exc:  # noqa: BLE001 - the original error is the one to report
-            emit("warning", path=str(store.directory), message=f"could not save the last rows: {exc}")
+            emit({"event": "warning", "path": str(store.parts_dir), "message": f"could not save the last rows: {exc}"})
         raise

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fastslow_cli.errors import FastslowError
 
@@ -39,6 +39,10 @@ class MediaError(FastslowError):
     """A file that cannot be decoded; the message is the one-line reason."""
 
 
+class NotAnImage(MediaError):
+    """Pillow does not recognise the content at all (it may be a video with an image name)."""
+
+
 
 @dataclass
 class Decoded:
@@ -48,6 +52,7 @@ class Decoded:
     timestamps: list[float]
     decoder: str
     requested: int
+    kind: str  # "image" or "video", from the content (the extension may lie)
     warning: str | None = None  # e.g. fewer decodable frames than the container declares
 
 
@@ -116,10 +121,50 @@ def _media_errors(fn: _F) -> _F:
 # ----------------------------------------------------------------------------- images
 
 
+HEIF_EXTS = frozenset({".heic", ".heif"})
+
+
+@functools.cache
+def _heif_opener() -> bool:
+    """Teach Pillow HEIC/HEIF through pillow-heif, once per process and only when a file
+    needs it, so decoding other images never imports it. False if it is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Image.open, registering the HEIF opener first for a HEIF name or an unknown content
+    (a HEIC named .jpg); NotAnImage when no opener knows the content."""
+    if path.suffix.lower() in HEIF_EXTS:
+        _heif_opener()
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        if not _heif_opener():
+            raise NotAnImage("Pillow cannot identify it as an image (for HEIC/HEIF: pip install pillow-heif)") from None
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise NotAnImage("Pillow cannot identify it as an image") from None
+
+
+def looks_like_image(path: Path) -> bool:
+    """True when Pillow recognises the content from its header (cheap: nothing is decoded)."""
+    try:
+        with _open_image(path):
+            return True
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not an image
+        return False
+
+
 @_media_errors
 def decode_image(path: Path, size: int) -> Decoded:
     """One frame: EXIF orientation applied, transparency over white, squashed to size x size."""
-    with Image.open(path) as img:
+    with _open_image(path) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
         img.load()
         try:
@@ -127,7 +172,7 @@ def decode_image(path: Path, size: int) -> Decoded:
         except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a good image
             oriented = img
         frame = _resize(_to_rgb(oriented), size)
-    return Decoded(frames=frame[None].copy(), timestamps=[0.0], decoder="pillow", requested=1)
+    return Decoded(frames=frame[None].copy(), timestamps=[0.0], decoder="pillow", requested=1, kind="image")
 
 
 def _resize(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
@@ -182,6 +227,7 @@ def decode_video_decord(path: Path, size: int, frames: int) -> Decoded:
         timestamps=[round(float(t), 6) for t in times],
         decoder="decord",
         requested=frames,
+        kind="video",
     )
 
 
@@ -204,6 +250,7 @@ def decode_video_av(path: Path, size: int, frames: int) -> Decoded:
                 timestamps=[t for t, _ in sought],
                 decoder="av",
                 requested=frames,
+                kind="video",
             )
     picked, total = _av_pass(path, size, sample_indices(declared, frames) if declared else [])
     if total != declared:
@@ -218,6 +265,7 @@ def decode_video_av(path: Path, size: int, frames: int) -> Decoded:
         timestamps=[t for t, _ in picked],
         decoder="av",
         requested=frames,
+        kind="video",
         warning=warning,
     )
 
@@ -334,28 +382,40 @@ def _av_pass(path: Path, size: int, wanted: list[int]) -> tuple[list[tuple[float
 
 
 def decode(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
-    """Decode one item in this process: images with Pillow, videos with `decoder`."""
+    """Decode one item in this process: images with Pillow, videos with `decoder`.
+
+    The content decides, not the extension: an "image" Pillow cannot identify is tried as
+    a video (with PyAV), and a "video" whose header Pillow knows is decoded as an image.
+    `Decoded.kind` says which it was.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
     if item.kind == "image":
+        try:
+            return decode_image(item.path, size)
+        except NotAnImage as not_image:
+            try:
+                return decode_video_av(item.path, size, frames)
+            except MediaError as exc:
+                raise MediaError(f"{not_image}; nor as a video ({exc})") from None
+    if looks_like_image(item.path):
         return decode_image(item.path, size)
     if decoder == "decord":
         return decode_video_decord(item.path, size, frames)
-    if decoder == "av":
-        return decode_video_av(item.path, size, frames)
-    raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
+    return decode_video_av(item.path, size, frames)
 
 
 __all__ = [
     "DECODERS",
-    "IMAGE_EXTS",
-    "VIDEO_EXTS",
+    "HEIF_EXTS",
     "Decoded",
     "MediaError",
     "MediaFile",
+    "NotAnImage",
     "decode",
     "decode_image",
     "decode_video_av",
     "decode_video_decord",
-    "find_media",
-    "media_kind",
+    "looks_like_image",
     "sample_indices",
 ]

@@ -10,13 +10,17 @@ from pathlib import Path
 
 from fastslow_cli.errors import FastslowError
 
-IMAGE_EXTS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
+IMAGE_EXTS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
 VIDEO_EXTS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 
 
 @dataclass(frozen=True)
 class MediaFile:
-    """One media file found on disk; `id` is its stable key in the feature store."""
+    """One media file found on disk; `id` (its resolved absolute POSIX path) is its key in the
+    feature store: two different files never share one, whichever roots they came from.
+    `kind` is guessed from the extension; the decoder records the real one."""
 
     id: str
     path: Path
@@ -42,15 +46,14 @@ def media_kind(path: str | os.PathLike[str]) -> str | None:
 def find_media(roots: Sequence[str | os.PathLike[str]]) -> list[MediaFile]:
     """Every image and video under `roots`, in a stable order, each real file once.
 
-    Roots are taken in the order given; inside a folder, files are sorted by their id
-    (POSIX path relative to the root). Symlinks are followed, symlinked folders are never
+    Roots are taken in the order given; inside a folder, files are sorted by their POSIX
+    path relative to the root. Symlinks are followed, symlinked folders are never
     walked twice (no loops), hidden files and folders (names starting with '.') are
     skipped, and unreadable folders are skipped. A file given directly is kept only if
     its extension is a known media one.
     """
     found: list[MediaFile] = []
     seen: set[tuple[int, int]] = set()
-    owner_of_id: dict[str, Path] = {}
     for root in roots:
         root_path = Path(root).expanduser()
         try:
@@ -70,16 +73,11 @@ def find_media(roots: Sequence[str | os.PathLike[str]]) -> list[MediaFile]:
             if key in seen:
                 continue
             seen.add(key)
-            if rel in owner_of_id:
-                raise FastslowError(
-                    f"two files would get the id {rel!r} ({owner_of_id[rel]} and {path}): "
-                    "pass their common parent folder, or extract them into separate sets (--set)"
-                )
-            owner_of_id[rel] = path
+            resolved = path.resolve()
             found.append(
                 MediaFile(
-                    id=rel,
-                    path=path.resolve(),
+                    id=resolved.as_posix(),
+                    path=resolved,
                     kind=media_kind(path) or "",
                     size=fst.st_size,
                     mtime_ns=fst.st_mtime_ns,
@@ -89,7 +87,7 @@ def find_media(roots: Sequence[str | os.PathLike[str]]) -> list[MediaFile]:
 
 
 def _walk(root: Path, root_key: tuple[int, int]) -> list[tuple[str, Path, os.stat_result]]:
-    """(id, path, stat) of media files under `root`, depth first in sorted order."""
+    """(relative path, path, stat) of media files under `root`, depth first in sorted order."""
     visited_dirs = {root_key}
     out: list[tuple[str, Path, os.stat_result]] = []
     stack: list[tuple[str, str]] = [("", os.fspath(root))]

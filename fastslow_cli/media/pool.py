@@ -195,8 +195,12 @@ class DecodePool:
 
     # -- the main loop
 
-    def imap(self, items: Iterable[MediaFile]) -> Iterator[DecodeResult]:
-        """Decode `items`, yielding results in input order as soon as each is ready."""
+    def imap(self, items: Iterable[MediaFile], tick: float | None = None) -> Iterator[DecodeResult | None]:
+        """Decode `items`, yielding results in input order as soon as each is ready.
+
+        With `tick`, also yield None whenever `tick` seconds pass without a result, so the
+        caller can save its work on time even while a slow file decodes.
+        """
         if self._closed:
             raise RuntimeError("DecodePool is closed")
         source = iter(items)
@@ -204,6 +208,7 @@ class DecodePool:
         todo: list[int] = []  # heap of job seqs waiting for a worker, oldest first
         next_in = next_out = 0
         exhausted = False
+        last = time.monotonic()
         try:
             while True:
                 while not exhausted and next_in - next_out < self._window:
@@ -221,11 +226,16 @@ class DecodePool:
                 if head is not None and head.result is not None:
                     del jobs[next_out]
                     next_out += 1
+                    last = time.monotonic()
                     yield head.result
                     continue
                 if not jobs:
                     return
-                self._wait(todo)
+                if tick is not None and time.monotonic() - last >= tick:
+                    last = time.monotonic()
+                    yield None
+                    continue
+                self._wait(todo, None if tick is None else last + tick - time.monotonic())
         finally:
             self._abandon_busy()
 
@@ -248,11 +258,14 @@ class DecodePool:
         while todo and len(self._workers) < self._nworkers:
             self._workers.append(self._start_worker())
 
-    def _wait(self, todo: list[int]) -> None:
-        """Block until a worker replies, dies or overruns its deadline; handle that."""
+    def _wait(self, todo: list[int], limit: float | None = None) -> None:
+        """Block until a worker replies, dies or overruns its deadline (or `limit` seconds
+        pass); handle that."""
         now = time.monotonic()
         deadlines = [w.deadline for w in self._workers if w.job is not None]
         deadlines += [w.started + _START_TIMEOUT for w in self._workers if not w.ready]
+        if limit is not None:
+            deadlines.append(now + limit)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         waitables = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
         ready = set(wait(waitables, timeout))
