@@ -220,3 +220,24 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def plain_reads() -> Callable[[Path], dict[str, list[str]]]:
+    """The ids pyarrow, pandas, Polars and DuckDB each see in a folder of Parquet parts,
+    with no fastslow code: the feature store must be a dataset any reader opens."""
+
+    def read(folder: Path) -> dict[str, list[str]]:
+        import duckdb
+        import pandas as pd
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        return {
+            "pyarrow": pq.read_table(folder).column("id").to_pylist(),
+            "pandas": pd.read_parquet(folder)["id"].tolist(),
+            "polars": pl.read_parquet(folder)["id"].to_list(),
+            "duckdb": [r[0] for r in duckdb.sql(f"select id from read_parquet('{folder}/**')").fetchall()],
+        }
+
+    return read

@@ -118,10 +118,10 @@ def test_good_and_broken_files_in_input_order(media_dir):
             assert r.decoded.frames.shape[1:] == (16, 16, 3)
             assert r.attempts == [f"{r.decoded.decoder}: ok"]
             assert r.decoded.decoder == ("decord" if r.item.kind == "video" else "pillow")
-    by_id = {r.item.id: r for r in results}  # ids are relative to each root
-    assert by_id["empty.mp4"].error == "empty file"
-    assert by_id["no_frames.mp4"].error == "no decodable frames"
-    assert len(by_id["short.mp4"].decoded.frames) == 3
+    by_name = {r.item.path.name: r for r in results}
+    assert by_name["empty.mp4"].error == "empty file"
+    assert by_name["no_frames.mp4"].error == "no decodable frames"
+    assert len(by_name["short.mp4"].decoded.frames) == 3
 
 
 def test_decord_crash_falls_back_to_pyav(tmp_path, good_media):
@@ -138,7 +138,7 @@ def test_crash_in_every_decoder_is_an_error_and_the_run_goes_on(tmp_path, good_m
     items = _copies(good_media["clip"], tmp_path, names)
     with DecodePool(size=16, frames=2, workers=1, decode_fn=crash_always) as pool:
         results = list(pool.imap(items))
-    assert [r.item.id for r in results] == names
+    assert [r.item.path.name for r in results] == names
     crash, fine1, abort, fine2 = results
     assert crash.decoded is None and crash.error == "decoder crashed (SIGSEGV)"
     assert crash.attempts == ["decord: crashed (signal SIGSEGV)", "av: crashed (signal SIGSEGV)"]

@@ -194,5 +194,83 @@ def test_cli_extract_json_and_exit_codes(tmp_path: Path, good_media: dict, broke
     partial = subprocess.run([sys.executable, "-m", "fastslow_cli", "extract", str(src), "--json"], capture_output=True, text=True, env=env)
     assert partial.returncode == 3
     out = json.loads(partial.stdout)
-    assert (out["skipped_existing"], out["failed"]) == (1, 1)
+    assert (out["skipped_existing"], out["failed"], out["removed"]) == (1, 1, 0)
+    assert out["dataset"] == str((tmp_path / "ws" / "features" / "default" / "parts").resolve())
     assert "Traceback" not in partial.stderr and "bad.mp4" in partial.stderr
+
+
+def test_two_roots_with_the_same_file_name_give_two_items(tmp_path: Path, good_media: dict) -> None:
+    for name, source in (("a", "png"), ("b", "jpeg")):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        shutil.copy(good_media[source], tmp_path / "photos" / name / "x.png")
+    ws = tmp_path / "ws"
+    _extract([tmp_path / "photos" / "a"], ws)
+    second = _extract([tmp_path / "photos" / "b"], ws)
+    assert (second.extracted, second.removed) == (1, 0)  # photos/a is outside this root: left alone
+    entries = FeatureStore(ws / "features" / "default").entries()
+    assert set(entries) == {_id(tmp_path / "photos" / n / "x.png") for n in ("a", "b")}
+    assert all(item_id == e.path for item_id, e in entries.items())
+    again = _extract([tmp_path / "photos"], ws)  # the parent root: the same two ids
+    assert (again.skipped_existing, again.extracted, again.removed) == (2, 0, 0)
+
+
+def test_edit_delete_and_move_then_reextract_leaves_exactly_the_live_rows(
+    tmp_path: Path, good_media: dict, make_clip, plain_reads
+) -> None:
+    src, other = tmp_path / "src", tmp_path / "other"
+    src.mkdir()
+    other.mkdir()
+    shutil.copy(good_media["png"], src / "edit.png")
+    shutil.copy(good_media["jpeg"], src / "delete.jpg")
+    make_clip(src / "move.mp4")
+    shutil.copy(good_media["png"], other / "outside.png")
+    ws = tmp_path / "ws"
+    store = FeatureStore(ws / "features" / "default")
+    _extract([src], ws)
+    _extract([other], ws)
+    old_edit = store.entries()[_id(src / "edit.png")]
+
+    (src / "edit.png").write_bytes(good_media["gif"].read_bytes())  # new content, same name
+    os.utime(src / "edit.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+    (src / "delete.jpg").unlink()
+    (src / "sub").mkdir()
+    (src / "move.mp4").rename(src / "sub" / "moved.mp4")
+    (other / "outside.png").unlink()  # gone too, but `other` is not scanned this time
+    summary = _extract([src], ws)
+    assert (summary.extracted, summary.reused, summary.removed, summary.skipped_existing) == (1, 1, 2, 0)
+
+    live = {_id(src / "edit.png"), _id(src / "sub" / "moved.mp4"), _id(other / "outside.png")}
+    entries = store.entries()
+    assert set(entries) == live
+    new_edit = entries[_id(src / "edit.png")]
+    assert (new_edit.size, new_edit.content_hash) != (old_edit.size, old_edit.content_hash)
+    assert entries[_id(src / "sub" / "moved.mp4")].kind == "video"
+    for reader, ids in plain_reads(store.parts_dir).items():
+        assert sorted(ids) == sorted(live), reader  # one row per live item, in every reader
+    assert sorted(store.load().ids) == sorted(live)
+
+
+def test_progress_events_and_no_printing(tmp_path: Path, good_media: dict, broken_media: dict, capfd) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(good_media["png"], src / "ok.png")
+    shutil.copy(broken_media["text_as_mp4"], src / "bad.mp4")
+    events: list[dict] = []
+    _extract([src], tmp_path / "ws", progress=events.append)
+    assert events[0] == {"event": "start", "stage": "extract", "total": 2}
+    assert sum(e["n"] for e in events if e["event"] == "advance") == 2
+    failed = [e for e in events if e["event"] == "failed"]
+    assert [e["path"] for e in failed] == [str(_id(src / "bad.mp4"))] and failed[0]["reason"]
+    assert capfd.readouterr() == ("", "")  # the core never prints
+
+
+def test_content_decides_the_kind_not_the_extension(tmp_path: Path, good_media: dict, make_clip) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_clip(tmp_path / "clip.mp4").rename(src / "clip.jpg")  # an MP4 named .jpg
+    shutil.copy(good_media["png"], src / "still.mp4")  # a PNG named .mp4
+    summary = _extract([src], tmp_path / "ws", frames=4)
+    assert summary.extracted == 2 and not summary.failed
+    table = FeatureStore(tmp_path / "ws" / "features" / "default").load([_id(src / "clip.jpg"), _id(src / "still.mp4")])
+    assert table.kinds == ["video", "image"]
+    assert table.frames.tolist() == [4, 1]

@@ -225,7 +225,7 @@ def test_every_broken_input_gives_a_media_error(decoder, broken_media):
         assert reason and "\n" not in reason and len(reason) <= 300
         reasons[name] = reason
     assert reasons["empty"] == "empty file"
-    assert "cannot identify image file" in reasons["fake_png"]
+    assert "cannot identify it as an image, nor can PyAV decode it as a video" in reasons["fake_png"]
     assert "truncated" in reasons["truncated_jpeg"].lower()
     if decoder == "av":
         assert reasons["no_frames"] == "no decodable frames"
@@ -291,3 +291,67 @@ def test_pyav_seeking_matches_decoding_every_frame(good_media, monkeypatch):
     sought = decode_video_av(good_media["clip"], 32, 8)
     assert sought.timestamps == sequential.timestamps
     assert np.array_equal(sought.frames, sequential.frames)
+
+
+# ----------------------------------------------------------------------------- formats and content
+
+
+def _halves_image(path: Path, **save_args: object) -> Path:
+    """Left red, right blue, 32x32, in the format `path`'s extension names."""
+    from PIL import Image
+
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = (255, 0, 0)
+    pixels[:, 16:] = (0, 0, 255)
+    Image.fromarray(pixels).save(path, **save_args)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".tif", ".tiff", ".avif", ".heic", ".heif"])
+def test_tiff_avif_and_heif_images_decode(tmp_path, ext):
+    if ext in (".heic", ".heif"):
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()  # only to write the test file
+    path = _halves_image(tmp_path / f"halves{ext}", **({} if ext.startswith(".tif") else {"quality": 95}))
+    assert find_media([tmp_path])[0].kind == "image"
+    frame = decode(_item(path, "image"), 16, 4, "av").frames[0]
+    assert np.allclose(_mean_rgb(frame[:, :6]), (255, 0, 0), atol=25)
+    assert np.allclose(_mean_rgb(frame[:, 10:]), (0, 0, 255), atol=25)
+
+
+def test_heif_opener_is_registered_lazily_even_for_a_heic_named_jpg(tmp_path):
+    script = """
+import sys
+from pathlib import Path
+from PIL import Image
+from fastslow_cli.media.decode import decode_image
+assert "pillow_heif" not in sys.modules
+decode_image(Path(sys.argv[1]), 8)
+assert "pillow_heif" not in sys.modules, "a PNG must not import pillow-heif"
+frame = decode_image(Path(sys.argv[2]), 8).frames[0]
+assert "pillow_heif" in sys.modules and frame[:, :3, 0].mean() > 200
+"""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    heic = tmp_path / "halves.heic"
+    _halves_image(heic, quality=95)
+    heic.rename(tmp_path / "really_heic.jpg")
+    png = _halves_image(tmp_path / "plain.png")
+    done = subprocess.run([sys.executable, "-c", script, str(png), str(tmp_path / "really_heic.jpg")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_mislabelled_files_decode_by_content(tmp_path, good_media):
+    mp4_as_jpg = tmp_path / "clip.jpg"
+    shutil.copy(good_media["clip"], mp4_as_jpg)
+    video = decode(_item(mp4_as_jpg, "image"), 16, 4, "decord")
+    assert (video.kind, video.decoder, len(video.frames)) == ("video", "av", 4)
+    png_as_mp4 = tmp_path / "still.mp4"
+    shutil.copy(good_media["png"], png_as_mp4)
+    for decoder in ("decord", "av"):
+        image = decode(_item(png_as_mp4, "video"), 16, 4, decoder)
+        assert (image.kind, image.decoder, len(image.frames)) == ("image", "pillow", 1)
+    assert decode(_item(good_media["clip"], "video"), 16, 4, "av").kind == "video"

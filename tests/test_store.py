@@ -258,26 +258,12 @@ def test_errors_log(fstore: FeatureStore) -> None:
 # ---- one row per live item, in a folder any Parquet reader opens ----------------------------
 
 
-def _plain_reads(folder: Path) -> dict[str, list[str]]:
-    """The ids each reader sees in `folder`, with no fastslow code."""
-    import duckdb
-    import pandas as pd
-    import polars as pl
-
-    return {
-        "pyarrow": pq.read_table(folder).column("id").to_pylist(),
-        "pandas": pd.read_parquet(folder)["id"].tolist(),
-        "polars": pl.read_parquet(folder)["id"].to_list(),
-        "duckdb": [r[0] for r in duckdb.sql(f"select id from read_parquet('{folder}/**')").fetchall()],
-    }
-
-
-def test_compact_leaves_one_row_per_live_item_for_every_reader(fstore: FeatureStore) -> None:
+def test_compact_leaves_one_row_per_live_item_for_every_reader(fstore: FeatureStore, plain_reads) -> None:
     fstore.append([make_row("a.png", seed=1), make_row("b.png", seed=2), make_row("v.mp4", "video", seed=3)])
     fstore.append([make_row("a.png", seed=4)])  # a changed file, extracted again
     assert sorted(pq.read_table(fstore.parts_dir).column("id").to_pylist()) == ["a.png", "a.png", "b.png", "v.mp4"]
     assert fstore.compact(gone={"b.png", "never-stored.png"}) == 1
-    for reader, ids in _plain_reads(fstore.parts_dir).items():
+    for reader, ids in plain_reads(fstore.parts_dir).items():
         assert sorted(ids) == ["a.png", "v.mp4"], reader
     assert sorted(p.name for p in fstore.parts_dir.iterdir()) == ["part-00002.parquet"]
     assert set(fstore.entries()) == {"a.png", "v.mp4"}
@@ -309,7 +295,7 @@ def test_float16_features_read_the_same_in_every_reader(fstore: FeatureStore) ->
 
 
 def test_compaction_cut_short_is_consistent_and_finished_by_the_next_writer(
-    fstore: FeatureStore, monkeypatch: pytest.MonkeyPatch
+    fstore: FeatureStore, monkeypatch: pytest.MonkeyPatch, plain_reads
 ) -> None:
     fstore.append([make_row("a.png", seed=1), make_row("b.png", seed=2)])
     fstore.append([make_row("a.png", seed=3)])
@@ -330,7 +316,7 @@ def test_compaction_cut_short_is_consistent_and_finished_by_the_next_writer(
     assert np.array_equal(bits(reader.load(["a.png"]).levels[0][0]), bits(make_row("a.png", seed=3).levels[0]))
     with FeatureStore(fstore.directory).lock():
         pass  # any writer finishes the compaction
-    assert _plain_reads(fstore.parts_dir)["pyarrow"] == ["a.png"]
+    assert plain_reads(fstore.parts_dir)["pyarrow"] == ["a.png"]
 
 
 def test_a_read_racing_a_compaction_lists_again(fstore: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,7 +338,7 @@ def test_a_read_racing_a_compaction_lists_again(fstore: FeatureStore, monkeypatc
     assert set(entries) == {"a.png", "b.png"} and entries["a.png"].size == 102
 
 
-def test_format_1_set_is_upgraded_once_to_path_ids(tmp_path: Path) -> None:
+def test_format_1_set_is_upgraded_once_to_path_ids(tmp_path: Path, plain_reads) -> None:
     """A set written before parts/ and path ids: parts beside the manifest, relative ids,
     and one file stored under two ids (extracted from two roots)."""
     directory = tmp_path / "features" / "default"
@@ -378,6 +364,6 @@ def test_format_1_set_is_upgraded_once_to_path_ids(tmp_path: Path) -> None:
     assert "\n" not in notes[0]["message"]
     assert not list(directory.glob("part-*.parquet")) and len(old.parts()) == 1
     assert json.loads(old.manifest_path.read_text())["version"] == store_module.FORMAT_VERSION
-    assert sorted(_plain_reads(old.parts_dir)["duckdb"]) == ["/media/v.mp4", "/media/x/a.png"]
+    assert sorted(plain_reads(old.parts_dir)["duckdb"]) == ["/media/v.mp4", "/media/x/a.png"]
     FeatureStore(directory, notify=notes.append).entries()
     assert len(notes) == 1  # once

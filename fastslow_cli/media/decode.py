@@ -397,7 +397,7 @@ def decode(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
             try:
                 return decode_video_av(item.path, size, frames)
             except MediaError as exc:
-                raise MediaError(f"{not_image}; nor as a video ({exc})") from None
+                raise MediaError(f"{not_image}, nor can PyAV decode it as a video ({exc})") from None
     if looks_like_image(item.path):
         return decode_image(item.path, size)
     if decoder == "decord":
