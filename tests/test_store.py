@@ -265,13 +265,25 @@ def test_compact_leaves_one_row_per_live_item_for_every_reader(fstore: FeatureSt
     assert fstore.compact(gone={"b.png", "never-stored.png"}) == 1
     for reader, ids in plain_reads(fstore.parts_dir).items():
         assert sorted(ids) == ["a.png", "v.mp4"], reader
-    assert sorted(p.name for p in fstore.parts_dir.iterdir()) == ["part-00002.parquet"]
+    assert sorted(p.name for p in fstore.parts_dir.iterdir()) == ["part-00001.parquet", "part-00002.parquet"]
     assert set(fstore.entries()) == {"a.png", "v.mp4"}
     table = fstore.load(["a.png", "v.mp4"])
     assert np.array_equal(bits(table.levels[1][0, :1]), bits(make_row("a.png", seed=4).levels[1]))
     assert np.array_equal(bits(table.levels[0][1]), bits(make_row("v.mp4", "video", seed=3).levels[0]))
-    assert fstore.manifest()["counts"] == {"items": 2, "images": 1, "videos": 1, "parts": 1}
-    assert fstore.compact() == 0 and len(fstore.parts()) == 1  # nothing left to do
+    assert fstore.manifest()["counts"] == {"items": 2, "images": 1, "videos": 1, "parts": 2}
+    assert fstore.compact() == 0 and len(fstore.parts()) == 2  # nothing left to do
+
+
+def test_compact_merges_small_parts_once_there_are_many(fstore: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "MAX_SMALL_PARTS", 3)
+    for k in range(3):
+        fstore.append([make_row(f"{k}.png", seed=k)])
+    fstore.compact()
+    assert len(fstore.parts()) == 3  # a few small parts are left as they are
+    fstore.append([make_row("3.png", seed=3)])
+    fstore.compact()
+    assert [p.name for p in fstore.parts()] == ["part-00004.parquet"]
+    assert sorted(pq.read_table(fstore.parts_dir).column("id").to_pylist()) == ["0.png", "1.png", "2.png", "3.png"]
 
 
 def test_float16_features_read_the_same_in_every_reader(fstore: FeatureStore) -> None:

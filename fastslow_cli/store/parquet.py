@@ -55,9 +55,12 @@ KINDS = ("image", "video")
 LIGHT_COLUMNS = ["id", "path", "kind", "frames", "size", "mtime_ns", "content_hash"]
 # Float16 values per row group (all levels): 64 MB, far below list<> int32 offsets.
 ROW_GROUP_VALUES = 1 << 25
-# Parts smaller than this are merged by `compact`: the many small parts of frequent flushes
-# become one, while big parts are rewritten only when they hold dead rows.
+# `compact` merges small parts (under COMPACT_PART_BYTES) into parts of about that size once
+# there are more than MAX_SMALL_PARTS of them, so frequent flushes do not pile up parts
+# while a run that adds a few files rewrites nothing; other parts are rewritten only when
+# they hold dead rows.
 COMPACT_PART_BYTES = 128 << 20
+MAX_SMALL_PARTS = 8
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 Notify = Callable[[dict[str, Any]], None]
 
@@ -556,10 +559,10 @@ class FeatureStore:
     def compact(self, gone: Collection[str] = ()) -> int:
         """Drop superseded rows and the rows of `gone` ids, and merge small parts.
 
-        The parts holding a dead row, and every part under COMPACT_PART_BYTES when there
-        are several, are rewritten as one new part that names them in its metadata; then
-        they are deleted. Afterwards each live item has exactly one row in `parts/`.
-        Returns how many of `gone` were stored (and are now removed).
+        The parts holding a dead row are rewritten as one new part that names them in its
+        metadata, then deleted; likewise groups of small parts when there are more than
+        MAX_SMALL_PARTS. Each rewrite is atomic for readers. Afterwards each live item has
+        exactly one row in `parts/`. Returns how many of `gone` were stored (now removed).
         """
         with self.lock(wait=True):
             stored = self._stored_manifest()
@@ -573,16 +576,26 @@ class FeatureStore:
             for p, light in enumerate(lights):
                 ids = light.column("id").to_pylist()
                 keep.append(np.array([where[i] == (p, r) and i not in dead for r, i in enumerate(ids)], dtype=bool))
-            dirty = {p for p, mask in enumerate(keep) if not mask.all()}
-            small = {p for p, part in enumerate(parts) if part.stat().st_size < COMPACT_PART_BYTES}
-            victims = sorted(dirty | (small if len(small) > 1 else set()))
-            if not victims:
-                return 0
-            self._rewrite([(parts[p], keep[p]) for p in victims], stored, rekey=False)
-            for p in victims:
-                parts[p].unlink()
-            fsync_dir(self.parts_dir)
-            self._write_manifest({**self._refreshed(stored), "updated": _utc_now()})
+            dirty = [p for p, mask in enumerate(keep) if not mask.all()]
+            sizes = {p: part.stat().st_size for p, part in enumerate(parts)}
+            small = [p for p in range(len(parts)) if p not in dirty and sizes[p] < COMPACT_PART_BYTES]
+            groups = [dirty] if dirty else []
+            if len(small) > MAX_SMALL_PARTS:
+                group: list[int] = []
+                for p in small:
+                    group.append(p)
+                    if sum(sizes[q] for q in group) >= COMPACT_PART_BYTES:
+                        groups.append(group)
+                        group = []
+                if len(group) > 1:
+                    groups.append(group)
+            for group in groups:
+                self._rewrite([(parts[p], keep[p]) for p in group], stored, rekey=False)
+                for p in group:
+                    parts[p].unlink()
+                fsync_dir(self.parts_dir)
+            if groups:
+                self._write_manifest({**self._refreshed(stored), "updated": _utc_now()})
         return len(dead)
 
     def _rewrite(self, sources: list[tuple[Path, np.ndarray]], stored: dict[str, Any], rekey: bool) -> Path:
