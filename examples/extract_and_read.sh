@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Extract features from a folder of media, then read the Parquet store with plain pyarrow
-# (no fastslow code): the feature store is an open format.
+# (no fastslow code): the feature store is an open format, a folder of Parquet parts.
 #
 #   examples/extract_and_read.sh [MEDIA_DIR]
 #
@@ -23,8 +23,9 @@ fastslow extract "$MEDIA_DIR" --set example --json > "$FASTSLOW_WORKSPACE.summar
 if [[ $status -ne 0 && $status -ne 3 ]]; then exit $status; fi
 echo "summary: $(cat "$FASTSLOW_WORKSPACE.summary.json")"
 
-# 2. read the features back with pyarrow alone
-python - "$FASTSLOW_WORKSPACE/features/example" <<'PY'
+# 2. read the features back with pyarrow alone, from the folder extract names as "dataset"
+DATASET="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["dataset"])' "$FASTSLOW_WORKSPACE.summary.json")"
+python - "$DATASET" <<'PY'
 import json
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 folder = Path(sys.argv[1])
-table = pq.read_table(sorted(folder.glob("part-*.parquet")))   # every part at once
+table = pq.read_table(folder)                                  # every part at once, one row per item
 meta = json.loads(table.schema.metadata[b"fastslow"])          # shapes live in the schema
 print(f"{table.num_rows} items, backbone {meta['backbone']['name']}, levels (H, W, C) {meta['levels']}")
 row = table.slice(0, 1).to_pylist()[0]

@@ -44,4 +44,3 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="progress.data.speed")
-
