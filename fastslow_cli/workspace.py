@@ -113,11 +113,12 @@ class Workspace:
     def index_dir(self, name: str) -> Path:
         return self.root / "index" / check_name(name, "index")
 
-    def store(self, set_name: str = "default") -> FeatureStore:
-        """The feature set `set_name` (it need not exist yet)."""
+    def store(self, set_name: str = "default", progress: Progress | None = None) -> FeatureStore:
+        """The feature set `set_name` (it need not exist yet); `progress` hears its notes
+        (e.g. an old set upgraded on first open)."""
         from fastslow_cli.store.parquet import FeatureStore
 
-        return FeatureStore(self.features_dir(set_name))
+        return FeatureStore(self.features_dir(set_name), notify=progress)
 
     def indexes(self) -> list[str]:
         """Names of the built indexes, sorted."""
@@ -204,7 +205,7 @@ class Workspace:
     ) -> CaptionedSet:
         from fastslow_cli.data.captioned_set import captioned_set, hold_out_val
 
-        data = hold_out_val(captioned_set(self.store(set_name), captions, ("train", "val"), media_root), captions)
+        data = hold_out_val(captioned_set(self.store(set_name, progress), captions, ("train", "val"), media_root), captions)
         _report_matching(data, progress)
         return data
 
@@ -330,7 +331,7 @@ class Workspace:
         from fastslow_cli.index.folder import build_index
         from fastslow_cli.index.hnsw import AnnParams
 
-        store = self.store(set)
+        store = self.store(set, progress)
         store.manifest()  # a clear error when the set does not exist
         directory = self.index_dir(name)
         params = AnnParams(M=M, ef_construction=ef_construction, ef_search=ef)
@@ -357,7 +358,7 @@ class Workspace:
         directory = self.index_dir(name)
         manifest = SearchIndex.open(directory).manifest
         fast, slow = self._index_models(manifest, device, need_slow=True)
-        report = add_to_index(self.store(set), directory, fast, slow)
+        report = add_to_index(self.store(set, progress), directory, fast, slow)
         return IndexSummary(name, int(SearchIndex.open(directory).count), report.items, report.seconds, 0, slow is not None)
 
     def index_info(self, name: str | None = None) -> dict[str, Any]:
@@ -400,7 +401,7 @@ class Workspace:
         from fastslow_cli.data.captioned_set import captioned_set
         from fastslow_cli.eval.runs import run_eval
 
-        store = self.store(set)
+        store = self.store(set, progress)
         data = captioned_set(store, captions, (split,), media_root)
         _report_matching(data, progress)
         fingerprint = store.fingerprint()

@@ -257,7 +257,7 @@ def test_progress_events_and_no_printing(tmp_path: Path, good_media: dict, broke
     shutil.copy(broken_media["text_as_mp4"], src / "bad.mp4")
     events: list[dict] = []
     _extract([src], tmp_path / "ws", progress=events.append)
-    assert events[0] == {"event": "start", "stage": "extract", "total": 2}
+    assert events[0] == {"event": "start", "stage": "extract default", "total": 2}
     assert sum(e["n"] for e in events if e["event"] == "advance") == 2
     failed = [e for e in events if e["event"] == "failed"]
     assert [e["path"] for e in failed] == [str(_id(src / "bad.mp4"))] and failed[0]["reason"]
