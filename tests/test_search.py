@@ -12,7 +12,7 @@ from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.index.folder import SearchIndex, build_index
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
-from fastslow_cli.search.searcher import Result, Searcher, blend, check_query
+from fastslow_cli.search.searcher import Result, Searcher, blend, check_query, rank_candidates
 from fastslow_cli.store.parquet import FeatureStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
@@ -95,25 +95,69 @@ def test_rerank_only_reorders_top_k(setup: tuple[Searcher, NativeFast, NativeSlo
         direct = slow.score([check_query(query)], searcher.index.memories(labels))[0]
         by_id = dict(zip((r.id for r in plain[:rerank]), direct))
         assert [r.slow_score for r in reranked[:head]] == pytest.approx([by_id[r.id] for r in reranked[:head]], abs=1e-5)
-        assert [r.score for r in reranked[:head]] == [r.slow_score for r in reranked[:head]]  # alpha 0
-        assert all(a.score >= b.score for a, b in zip(reranked[:head], reranked[1:head]))
+        assert all(1.0 < r.score < 2.0 for r in reranked[:head])  # re-scored by Slow: above every cosine
         expected_order = sorted(by_id, key=lambda i: -by_id[i])[:head]
         assert [r.id for r in reranked[:head]] == expected_order
         fast_of = {r.id: r.fast_score for r in plain}
         assert [r.fast_score for r in reranked] == [fast_of[r.id] for r in reranked]
-        # ... and everything below K keeps its Fast order and score.
+        # ... and everything below K keeps its Fast order and score (its cosine).
         assert key(reranked[rerank:]) == key(plain[rerank:k])
+        assert [r.score for r in reranked[rerank:]] == [r.fast_score for r in reranked[rerank:]]
         assert all(r.slow_score is None for r in reranked[rerank:])
 
 
 def test_blend() -> None:
     fast = np.array([0.9, 0.5, 0.1])
     slow = np.array([-3.0, -1.0, -2.0])
-    np.testing.assert_array_equal(blend(fast, slow, 0.0), slow)  # alpha 0: the Slow score itself
-    np.testing.assert_allclose(np.argsort(-blend(fast, slow, 1.0)), [0, 1, 2])  # alpha 1: Fast order
     z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    np.testing.assert_allclose(blend(fast, slow, 0.0), z(slow))  # alpha 0: the Slow order
+    np.testing.assert_allclose(np.argsort(-blend(fast, slow, 1.0)), [0, 1, 2])  # alpha 1: Fast order
     np.testing.assert_allclose(blend(fast, slow, 0.3), 0.7 * z(slow) + 0.3 * z(fast))
     np.testing.assert_array_equal(blend(fast[:1], slow[:1], 0.5), [0.0])  # one candidate: nothing to standardise
+
+
+def test_rank_candidates_scores_never_rise_with_rank() -> None:
+    """Property over random scores: every mode gives a non-increasing score on one scale."""
+    rng = np.random.default_rng(0)
+    for case in range(3000):
+        n = int(rng.integers(1, 40))
+        fast = np.sort(rng.uniform(-1.0, 1.0, n))[::-1]  # HNSW gives candidates in Fast order
+        if case % 7 == 0:
+            fast = np.round(fast, 1)  # ties
+        head = int(rng.integers(0, n + 1))
+        slow = rng.normal(-2.0, rng.choice([1e-13, 0.05, 1.0, 30.0]), head) if head else None
+        alpha = float(rng.choice([0.0, 1.0, rng.uniform()]))
+        order, score = rank_candidates(fast, slow, alpha)
+        assert sorted(order) == list(range(n))
+        assert np.all(np.diff(score) <= 0), (case, score)
+        assert sorted(order[:head]) == list(range(head))  # the head is a permutation of the Fast top-K
+        np.testing.assert_array_equal(order[head:], np.arange(head, n))  # the tail keeps Fast order...
+        np.testing.assert_array_equal(score[head:], fast[head:])  # ... and its cosine
+        assert np.all((score[:head] > 1.0) & (score[:head] < 2.0))
+        if head:
+            np.testing.assert_array_equal(order[:head], np.argsort(-blend(fast[:head], slow, alpha), kind="stable"))
+
+
+def test_rank_candidates_keeps_far_out_scores_in_range() -> None:
+    fast = np.array([1.0000001, 0.5, -1.0000001])  # float rounding of unit vectors
+    order, score = rank_candidates(fast, None, 0.0)
+    assert list(score) == [1.0, 0.5, -1.0]
+    order, score = rank_candidates(np.linspace(1, 0, 5000), np.linspace(-50, 50, 2000), 0.0)
+    assert np.all(np.diff(score) <= 0) and score[1999] >= 1.0 >= score[2000]
+
+
+@pytest.mark.parametrize(
+    "k, rerank, alpha", [(10, 0, None), (6, 3, 0.0), (6, 3, 0.4), (6, 3, 1.0), (12, 5, 0.0), (3, 8, 0.0), (3, 8, 0.6), (8, 8, 0.2)]
+)
+def test_score_never_rises_with_rank(setup: tuple[Searcher, NativeFast, NativeSlow], k: int, rerank: int, alpha: float | None) -> None:
+    """Issue 9: with `-k 6 --rerank 3` ranks 4-6 scored 0.5 and ranks 1-3 about -2.1."""
+    searcher, _, _ = setup
+    for query in QUERIES:
+        results = searcher.search(query, k=k, rerank=rerank, alpha=alpha)
+        scores = [r.score for r in results]
+        assert scores == sorted(scores, reverse=True), (query, scores)
+        assert [r.rank for r in results] == list(range(1, k + 1))
+        assert all((r.score > 1.0) == (r.slow_score is not None) for r in results)
 
 
 def test_alpha_one_keeps_fast_order(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:

@@ -1,15 +1,26 @@
 """Query -> results: Fast top-K from HNSW, then (optionally) Slow re-ranking of those K.
 
 Re-ranking reads the K items' cached Slow memory from the index and scores the K
-(query, item) pairs in one batch: K decoder passes, no visual encoding. The final score
-of a re-ranked item is
+(query, item) pairs in one batch: K decoder passes, no visual encoding. The K are
+ordered by their blend
 
-    score = (1 - alpha) * z(slow) + alpha * z(fast)
+    b = (1 - alpha) * z(slow) + alpha * z(fast)
 
 where z standardises the K candidates' scores within the query (mean 0, std 1), so the
-two models' different scales can be blended; alpha = 0 (the default, unless the index
+two models' different scales can be mixed; alpha = 0 (the default, unless the index
 records one tuned on a validation split) orders by the Slow score alone. Results below
-rank K keep their Fast order and score.
+rank K keep their Fast order.
+
+`Result.score` is one scale on which the results are always in order (it never rises
+with the rank, whatever k, K and alpha):
+
+- a result the Slow model did not re-score has its Fast cosine similarity, in [-1, 1];
+- a re-ranked result has 1 + sigmoid(b), in (1, 2): above every Fast-only result, and
+  1.5 where its blend is the mean of the K candidates'.
+
+So `score > 1` means "re-scored by the Slow model". The raw model scores stay in
+`fast_score` (the cosine) and `slow_score` (the Slow model's score, e.g. a mean token
+log-likelihood, or None when not re-ranked), for thresholds and analysis.
 """
 
 from __future__ import annotations
@@ -62,10 +73,26 @@ def zscore(x: np.ndarray) -> np.ndarray:
 
 
 def blend(fast: np.ndarray, slow: np.ndarray, alpha: float) -> np.ndarray:
-    """The re-ranking score of K candidates (see the module docstring)."""
-    if alpha <= 0.0:
-        return slow.astype(np.float64)
+    """The re-ranking order value b of K candidates (see the module docstring)."""
     return (1.0 - alpha) * zscore(slow.astype(np.float64)) + alpha * zscore(fast.astype(np.float64))
+
+
+def rank_candidates(fast: np.ndarray, slow: np.ndarray | None, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Order and `Result.score` of candidates given in Fast order, the first len(slow) re-ranked.
+
+    Returns (order, score): `order[i]` is the candidate at rank i + 1 and `score` is
+    non-increasing (see the module docstring for the scale).
+    """
+    fast = np.asarray(fast, dtype=np.float64)
+    order = np.arange(len(fast))
+    score = np.clip(fast, -1.0, 1.0)  # unit vectors: only float rounding leaves [-1, 1]
+    head = 0 if slow is None else min(len(slow), len(fast))
+    if head:
+        b = blend(fast[:head], np.asarray(slow[:head], dtype=np.float64), alpha)
+        top = np.argsort(-b, kind="stable")
+        order[:head] = top
+        score[:head] = 1.0 + 0.5 * (1.0 + np.tanh(b[top] / 2.0))  # 1 + sigmoid(b), without overflow
+    return order, score
 
 
 class Searcher:
@@ -113,18 +140,14 @@ class Searcher:
         self, query: str, qvec: np.ndarray, labels: np.ndarray, fast_scores: np.ndarray, k: int, rerank: int, alpha: float
     ) -> list[Result]:
         labels = [int(x) for x in labels]
-        fast_scores = np.asarray(fast_scores, dtype=np.float64)
-        final = fast_scores.copy()
-        slow_scores: list[float | None] = [None] * len(labels)
         head = min(rerank, len(labels))
+        slow = None
         if head:
             slow = self.slow.score([check_query(query)], self.index.memories(labels[:head]))[0].astype(np.float64)
-            mixed = blend(fast_scores[:head], slow, alpha)
-            order = np.argsort(-mixed, kind="stable")
-            labels[:head] = [labels[j] for j in order]
-            final[:head] = mixed[order]
-            fast_scores[:head] = fast_scores[:head][order]
-            slow_scores[:head] = [float(slow[j]) for j in order]
+        order, final = rank_candidates(fast_scores, slow, alpha)
+        fast_scores = np.asarray(fast_scores, dtype=np.float64)[order]
+        labels = [labels[j] for j in order]
+        slow_scores: list[float | None] = [float(slow[j]) if slow is not None and j < head else None for j in order]
         items = self.index.items
         out = []
         for rank, label in enumerate(labels[:k]):
