@@ -96,3 +96,29 @@ def test_feature_batches_group_images_and_videos_and_trim_frames() -> None:
     assert levels[0].shape == (2, 3, 2, 2, 3) and mask.sum(1).tolist() == [2, 3]
     shuffled = feats.batches(items, 2, np.random.default_rng(0))
     assert sorted(np.concatenate(shuffled).tolist()) == [0, 1, 2, 3, 4]
+
+
+def _eval_rows(slow_ms: float, rerank_ms: float) -> list[dict]:
+    metrics = {"R@1": 10.0, "R@5": 50.0, "R@10": 90.0, "median_rank": 5, "queries": 4, "items": 9}
+    return [
+        {"method": "slow", **metrics, "ms_per_query": slow_ms},
+        {"method": "rerank", **metrics, "ms_per_query": rerank_ms, "K": 5, "speedup_vs_slow": round(slow_ms / rerank_ms, 1)},
+    ]
+
+
+@pytest.mark.parametrize(
+    "slow_ms, rerank_ms, says",
+    [(12.0, 1.0, "12.0x faster than"), (0.3, 1.0, "3.3x slower than"), (1.0, 1.01, "about as fast as"), (0.0, 2.0, "slower than")],
+)
+def test_eval_footer_says_slower_when_rerank_is_slower(slow_ms: float, rerank_ms: float, says: str) -> None:
+    """Issue 9: a small set gave 'rerank ... is 0.3x faster than Slow alone'."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from fastslow_cli.cli.render import render_eval
+
+    out = StringIO()
+    render_eval(_eval_rows(slow_ms, rerank_ms), "test", Console(file=out, width=200))
+    footer = out.getvalue().strip().splitlines()[-1]
+    assert footer == f"rerank (Fast top 5 re-scored by Slow) is {says} Slow alone per query"
