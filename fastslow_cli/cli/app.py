@@ -330,12 +330,14 @@ def search(
     skipped = 0
     for query in read_queries(queries):
         try:
-            results = searcher.search(query, k=k, rerank=rerank, alpha=alpha, ef=ef)
-        except UsageError as exc:  # one odd query in a batch does not stop the others
-            if queries != ["-"]:
+            if query.problem:
+                raise UsageError(query.problem)
+            results = searcher.search(query.text, k=k, rerank=rerank, alpha=alpha, ef=ef)
+        except UsageError as exc:  # one odd line in a stdin batch does not stop the others
+            if query.line is None:
                 raise
             skipped += 1
-            _say(f"skipped query: {exc}")
+            _say(f"skipped stdin line {query.line}: {exc}")
             continue
         if json_out:
             for r in results:

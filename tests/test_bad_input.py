@@ -1,0 +1,55 @@
+"""Bad input through the CLI on a tiny real workspace (random tiny models saved to disk,
+an index built from them): one line on stderr naming what is wrong, never an internal
+error, and the rest of a batch still answered."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_index import make_models, make_store
+
+from fastslow_cli.index.folder import build_index
+from fastslow_cli.index.hnsw import AnnParams
+from fastslow_cli.models.checkpoint import save_model
+from fastslow_cli.search.retrievers import load_native
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
+
+def run(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FASTSLOW_WORKSPACE": str(ws)}
+    out = subprocess.run(
+        [sys.executable, "-m", "fastslow_cli", *args], capture_output=True, input=stdin, env=env, timeout=300
+    )
+    out.stdout, out.stderr = out.stdout.decode(), out.stderr.decode()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """WORKSPACE with feature set `test` (12 items), models `fast` and `slow`, index `default`."""
+    ws = tmp_path_factory.mktemp("tiny") / "ws"
+    store = make_store(ws, count=12)
+    features = {"fingerprint": store.fingerprint(), "set": "test"}
+    for retriever in make_models(store):
+        save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
+    fast, slow = (load_native(ws / "models" / kind, kind, "cpu") for kind in ("fast", "slow"))
+    build_index(store, ws / "index" / "default", fast, slow, AnnParams(M=8, ef_construction=32, ef_search=32))
+    return ws
+
+
+def test_stdin_line_not_utf8_is_skipped_and_named(tiny_ws: Path) -> None:
+    out = run(tiny_ws, "search", "-", "--json", "-k", "3", stdin=b"a red circle\na red \xff\xfe circle\n?!\r\na dog\r\n")
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "internal error" not in out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["query"] for r in rows] == ["a red circle"] * 3 + ["a dog"] * 3  # CRLF stripped
+    skipped = [line for line in out.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 2
+    assert skipped[0].startswith("skipped stdin line 2: not valid UTF-8 (byte 0xff at position 7)")
+    assert skipped[1].startswith("skipped stdin line 3: query '?!' has no words")
+    assert "2 queries from stdin could not be searched" in out.stderr
