@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from test_index import make_models, make_store
+from test_index import CAPTIONS, make_models, make_store
 
 from fastslow_cli.index.folder import build_index
 from fastslow_cli.index.hnsw import AnnParams
@@ -32,9 +34,15 @@ def run(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """WORKSPACE with feature set `test` (12 items), models `fast` and `slow`, index `default`."""
+    """WORKSPACE with feature set `test` (12 items), models `fast` and `slow`, index `default`,
+    and `../captions.jsonl` (8 train and 4 val items)."""
     ws = tmp_path_factory.mktemp("tiny") / "ws"
     store = make_store(ws, count=12)
+    captions = [
+        {"media": entry.path, "caption": CAPTIONS[i % len(CAPTIONS)], "split": "train" if i < 8 else "val"}
+        for i, entry in enumerate(store.entries().values())
+    ]
+    (ws.parent / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in captions))
     features = {"fingerprint": store.fingerprint(), "set": "test"}
     for retriever in make_models(store):
         save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
@@ -53,3 +61,48 @@ def test_stdin_line_not_utf8_is_skipped_and_named(tiny_ws: Path) -> None:
     assert skipped[0].startswith("skipped stdin line 2: not valid UTF-8 (byte 0xff at position 7)")
     assert skipped[1].startswith("skipped stdin line 3: query '?!' has no words")
     assert "2 queries from stdin could not be searched" in out.stderr
+
+
+def test_ctrl_c_in_a_stdin_batch_is_one_line(tiny_ws: Path) -> None:
+    """SIGINT while `search -` waits for its next line: the answered query stays answered, one line, exit 130."""
+    env = {**os.environ, "FASTSLOW_WORKSPACE": str(tiny_ws)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastslow_cli", "search", "-", "--json", "-k", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        proc.stdin.write(b"a red circle\n")
+        proc.stdin.flush()
+        answered = [proc.stdout.readline(), proc.stdout.readline()]  # the first query is answered at once
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert [json.loads(line)["rank"] for line in answered] == [1, 2] and rest == b""
+    assert proc.returncode == 130
+    assert err.decode().strip().splitlines() == [
+        "error: interrupted: the results printed are complete; queries not yet answered were not searched, run them again"
+    ]
+
+
+def test_ctrl_c_in_training_is_one_line_and_saves_nothing(tiny_ws: Path) -> None:
+    env = {**os.environ, "FASTSLOW_WORKSPACE": str(tiny_ws)}
+    captions = str(tiny_ws.parent / "captions.jsonl")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastslow_cli", "train", "fast", "--set", "test", "--captions", captions,
+         "--epochs", "100000", "--batch-size", "4", "--out", "interrupted"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        started = proc.stderr.readline().decode()  # printed once the data is loaded, as training starts
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert started.startswith("train fast: 8 train / 4 val captions")
+    assert proc.returncode == 130 and "Traceback" not in err.decode()
+    assert err.decode().strip().splitlines()[-1] == (
+        "error: interrupted: nothing was saved (a model is written only when training ends); run the command again to train it"
+    )
+    assert not (tiny_ws / "models" / "interrupted").exists()

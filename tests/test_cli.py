@@ -102,3 +102,28 @@ def test_json_mode_keeps_stdout_clean(tmp_path, monkeypatch) -> None:
     assert len(lines) == 1
     summary = json.loads(lines[0])
     assert summary["extracted"] == 0 and summary["failed"] == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["extrakt"], "error: No such command 'extrakt'. Did you mean 'extract'? (see fastslow --help)"),
+        (["search", "--k", "0", "x"],
+         "error: Invalid value for '-k' / '--k': Input should be greater than or equal to 1 (see fastslow search --help)"),
+        (["search"], "error: Missing argument 'queries'. (see fastslow search --help)"),
+        (["train"], "error: Missing argument 'kind'. Choose from: fast, slow (see fastslow train --help)"),
+        (["index", "bild"], "error: No such command 'bild'. Did you mean 'build'? (see fastslow index --help)"),
+        (["extract", "--no-such-option", "x"], "error: No such option: --no-such-option (see fastslow extract --help)"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    """Issue 9: Typer printed a usage line, a hint and a 3-line box."""
+    out = run_cli(*args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [message]
+
+
+@pytest.mark.parametrize("args", [[], ["index"]])
+def test_no_arguments_still_show_help(args: list[str]) -> None:
+    out = run_cli(*args)
+    assert out.returncode == 2 and "Usage: fastslow" in out.stdout and "Commands" in out.stdout

@@ -7,6 +7,7 @@ imports the core module it needs when it runs.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -15,6 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_exceptions
 
 from fastslow_cli import __version__
 from fastslow_cli.errors import FastslowError
@@ -409,28 +415,97 @@ def demo(
         _emit_json(result)
 
 
+# What an interrupted command leaves behind (typer turns Ctrl-C into exit code 130).
+INTERRUPTED = {
+    "extract": "the items extracted so far are stored; run the same command again to extract the rest",
+    "train": "nothing was saved (a model is written only when training ends); run the command again to train it",
+    "distill": "nothing was saved (a model is written only when distillation ends); run the command again",
+    "index build": "the index was not changed (a new one is swapped in only when complete); run the command again",
+    "index add": "the index was not changed (it is swapped in only when complete); run the command again",
+    "search": "the results printed are complete; queries not yet answered were not searched, run them again",
+    "eval": "eval writes nothing; run the command again",
+    "demo": "the generated data and extracted features are kept and reused; run it again to redo the rest",
+}
+INTERRUPT_EXIT = 130
+
+
 def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and an exit code."""
+    """Console-script entry point: user errors become one line on stderr and an exit code.
+
+    Typer runs without its standalone mode, so its usage errors (a 4-line box) and Ctrl-C
+    (a silent exit 130) come here and are told in one line like every other error.
+    """
+    args = sys.argv[1:]
     try:
-        app()
+        code = app(args, prog_name="fastslow", standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError:
+        sys.exit(2)  # `fastslow` or `fastslow index` alone: the help is already printed
+    except click_exceptions.UsageError as exc:
+        _print_error(f"{_one_line(exc.format_message())} (see {_command_path(exc.ctx)} --help)")
+        sys.exit(2)
+    except click_exceptions.ClickException as exc:
+        _print_error(_one_line(exc.format_message()))
+        sys.exit(exc.exit_code)
     except FastslowError as exc:
         _print_error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _print_error("interrupted; whatever was already stored is kept, run the command again to resume")
-        sys.exit(130)
+    except KeyboardInterrupt:  # between here and typer's own handler
+        code = INTERRUPT_EXIT
     except BrokenPipeError:
         # `fastslow search ... | head`: the reader went away; that is not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(0)
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback on request
-        if os.environ.get("FASTSLOW_DEBUG"):
-            raise
-        _print_error(
-            f"internal error: {type(exc).__name__}: {exc} (set FASTSLOW_DEBUG=1 for a traceback and report it)"
-        )
+    except OSError as exc:
+        message = _os_error_message(exc)
+        if message is None or os.environ.get("FASTSLOW_DEBUG"):
+            _internal_error(exc)
+        _print_error(message)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback on request
+        _internal_error(exc)
+    if code == INTERRUPT_EXIT:
+        kept = INTERRUPTED.get(_command_name(args))
+        _print_error("interrupted" + (f": {kept}" if kept else ""))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get("FASTSLOW_DEBUG"):
+        raise exc
+    _print_error(f"internal error: {type(exc).__name__}: {exc} (set FASTSLOW_DEBUG=1 for a traceback and report it)")
+    sys.exit(1)
+
+
+def _os_error_message(exc: OSError) -> str | None:
+    """One line for the file-system errors a user can fix (a read-only disk, a full one, permissions)."""
+    where = exc.filename or "a file"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {where}: read-only file system; pass --workspace (or FASTSLOW_WORKSPACE) a writable folder"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {where}: make it writable or pass --workspace a folder you can write"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left writing {where}: free some space or pass --workspace a folder on another disk"
+    return None
+
+
+def _command_name(args: list[str]) -> str:
+    """'extract', 'index build', ...: the command words of `args` (the root takes no option values)."""
+    words = [a for a in args if not a.startswith("-")][:2]
+    return " ".join(words) if words[:1] == ["index"] else " ".join(words[:1])
+
+
+def _command_path(ctx: Any) -> str:
+    """'fastslow search' for an error in `search` (whatever name the program was started by)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["fastslow", *reversed(names)])
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _print_error(message: str) -> None:
