@@ -2,11 +2,13 @@
 
 A reader (or a crash, even `kill -9`) then sees either the old file or the new one,
 never half of one. `file_sha256` gives the checksums written beside such files so a
-damaged one is refused before it is parsed.
+damaged one is refused before it is parsed. `check_writable` lets a long command fail
+before its work rather than when it saves the result.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fastslow_cli.errors import FastslowError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -82,3 +86,46 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable(target: str | os.PathLike[str]) -> None:
+    """Raise a one-line `FastslowError` now if the folder `target` could not be written later.
+
+    A probe file is created and removed in the nearest existing folder of `target`
+    (nothing else is created). A real write, not `os.access`: root passes `os.access` on
+    any mode bits, and a write is what the command will need.
+    """
+    target = Path(target)
+    folder = target
+    while not folder.is_dir():
+        if folder.exists():
+            raise FastslowError(f"cannot write {target}: {folder} is a file, not a folder; move it away or pass --workspace DIR")
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fastslow-write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise write_failure(exc, target, folder) from None
+
+
+WRITE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)  # only a write meets these
+ACCESS_ERRNOS = (errno.EACCES, errno.EPERM)
+
+
+def write_failure(exc: OSError, target: str | os.PathLike[str] | None = None, folder: str | os.PathLike[str] | None = None) -> FastslowError:
+    """The one-line error for a read-only disk, a full one or missing permissions."""
+    where = target or exc.filename or "a file"
+    place = f" (in {folder})" if folder is not None and str(folder) != str(where) else ""
+    verb = "write" if target is not None or exc.errno in WRITE_ERRNOS else "open"
+    if exc.errno == errno.EROFS:
+        reason, fix = "read-only file system", "remount it read-write"
+    elif exc.errno in ACCESS_ERRNOS:
+        reason, fix = "permission denied", "check its permissions"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason, fix = "no space left on the disk", "free some space"
+    else:
+        reason, fix = exc.strerror or type(exc).__name__, "fix that"
+    return FastslowError(
+        f"cannot {verb} {where}{place}: {reason}; {fix}, or pass --workspace (or FASTSLOW_WORKSPACE) a writable folder"
+    )

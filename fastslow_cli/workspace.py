@@ -229,12 +229,14 @@ class Workspace:
         `captions` is one captions file or several (combined); `media_root` is the folder
         their media paths are relative to when it is not the captions file's.
         """
+        from fastslow_cli.atomic import check_writable
         from fastslow_cli.runtime import resolve_device
         from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
 
         if kind not in ("fast", "slow"):
             raise UsageError(f"unknown model kind {kind!r}: train 'fast' or 'slow'")
         model_dir = self.model_dir(out or kind)
+        check_writable(model_dir)  # before training, not when saving its result
         dev = resolve_device(device)
         data = self._training_data(set, captions, media_root, progress)
         args = _with_overrides(SlowTrainArgs() if kind == "slow" else TrainArgs(), epochs, batch_size, lr, seed)
@@ -266,6 +268,7 @@ class Workspace:
         progress: Progress | None = None,
     ) -> TrainSummary:
         """Distil a trained Slow teacher into a trained Fast student (saved as a Fast model)."""
+        from fastslow_cli.atomic import check_writable
         from fastslow_cli.models.checkpoint import load_model
         from fastslow_cli.runtime import resolve_device
         from fastslow_cli.training.distill import DistillArgs, distill
@@ -273,6 +276,7 @@ class Workspace:
         dev = resolve_device(device)
         teacher_dir, student_dir = self.resolve_model(teacher), self.resolve_model(student)
         model_dir = self.model_dir(out or f"{Path(student_dir).name}-distilled")
+        check_writable(model_dir)  # before distilling, not when saving its result
         data = self._training_data(set, captions, media_root, progress)
         t = load_model(teacher_dir, kind="slow", fingerprint=data.fingerprint)
         s = load_model(student_dir, kind="fast", fingerprint=data.fingerprint)
@@ -328,12 +332,14 @@ class Workspace:
 
         `slow` None uses WORKSPACE/models/slow when it was trained; '' builds without one.
         """
+        from fastslow_cli.atomic import check_writable
         from fastslow_cli.index.folder import build_index
         from fastslow_cli.index.hnsw import AnnParams
 
         store = self.store(set, progress)
         store.manifest()  # a clear error when the set does not exist
         directory = self.index_dir(name)
+        check_writable(directory)  # before loading models (build_index checks again, for other callers)
         params = AnnParams(M=M, ef_construction=ef_construction, ef_search=ef)
         fast_model = self.load_fast(model, device)
         slow_name = self._default_slow() if slow is None else (slow or None)

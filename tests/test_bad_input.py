@@ -106,3 +106,74 @@ def test_ctrl_c_in_training_is_one_line_and_saves_nothing(tiny_ws: Path) -> None
         "error: interrupted: nothing was saved (a model is written only when training ends); run the command again to train it"
     )
     assert not (tiny_ws / "models" / "interrupted").exists()
+
+
+# ----------------------------------------------------------------------------- read-only workspace
+
+RO_MOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+
+
+@pytest.fixture(scope="module")
+def read_only(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skips unless a private read-only bind mount can be made (`unshare -rm`, no root needed)."""
+    probe = tmp_path_factory.mktemp("ro-probe")
+    try:
+        out = subprocess.run(["unshare", "-rm", "sh", "-c", RO_MOUNT, str(probe), "touch", str(probe / "x")],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot run unshare for a read-only bind mount: {exc}")
+    if "Read-only file system" not in out.stderr:
+        pytest.skip(f"no read-only bind mount in a user namespace here (unshare -rm): {out.stderr.strip()[:200]}")
+
+
+def run_read_only(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    """The CLI with `ws` mounted read-only over itself, for this process only (chmod does not stop root)."""
+    env = {**os.environ, "FASTSLOW_WORKSPACE": str(ws)}
+    cmd = ["unshare", "-rm", "sh", "-c", RO_MOUNT, str(ws), sys.executable, "-m", "fastslow_cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.usefixtures("read_only")
+@pytest.mark.parametrize(
+    "args, target",
+    [
+        (["train", "fast", "--out", "ro"], "models/ro"),
+        (["train", "slow", "--out", "ro"], "models/ro"),
+        (["distill", "--out", "ro"], "models/ro"),
+        (["index", "build", "--name", "ro"], "index/ro"),
+        (["index", "update"], "index/default"),
+        (["extract", "media"], "features/new"),
+    ],
+)
+def test_read_only_workspace_fails_at_once_in_one_line(tiny_ws: Path, args: list[str], target: str) -> None:
+    """Issue 9: `train` failed after all its epochs, when saving; `index build` was an internal error."""
+    if args[0] in ("train", "distill"):
+        args = [*args, "--set", "test", "--captions", str(tiny_ws.parent / "captions.jsonl"), "--epochs", "50"]
+    elif args[0] == "index":
+        args = [*args, "--set", "test"]
+    else:
+        args = ["extract", str(tiny_ws / "media"), "--set", "new"]
+    out = run_read_only(tiny_ws, *args)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write") and str(tiny_ws / target) in lines[0], out.stderr
+    assert "read-only file system" in lines[0].lower() and "--workspace" in lines[0]
+    assert not (tiny_ws / "models" / "ro").exists() and not (tiny_ws / "index" / "ro").exists()
+
+
+@pytest.mark.usefixtures("read_only")
+def test_search_works_on_a_read_only_workspace(tiny_ws: Path) -> None:
+    out = run_read_only(tiny_ws, "search", "a red circle", "--json", "-k", "3", "--rerank", "2")
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["rank"] for line in out.stdout.splitlines()] == [1, 2, 3]
+
+
+def test_check_writable_probes_without_leaving_anything(tmp_path: Path) -> None:
+    from fastslow_cli.atomic import check_writable
+    from fastslow_cli.errors import FastslowError
+
+    check_writable(tmp_path / "not" / "yet" / "made")
+    assert list(tmp_path.iterdir()) == []  # nothing created, the probe removed
+    (tmp_path / "models").write_text("a file where a folder should be")
+    with pytest.raises(FastslowError, match=r"models is a file, not a folder"):
+        check_writable(tmp_path / "models" / "fast")

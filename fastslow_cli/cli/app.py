@@ -7,7 +7,6 @@ imports the core module it needs when it runs.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -421,6 +420,7 @@ INTERRUPTED = {
     "train": "nothing was saved (a model is written only when training ends); run the command again to train it",
     "distill": "nothing was saved (a model is written only when distillation ends); run the command again",
     "index build": "the index was not changed (a new one is swapped in only when complete); run the command again",
+    "index update": "the index was not changed (it is swapped in only when complete); run the command again",
     "index add": "the index was not changed (it is swapped in only when complete); run the command again",
     "search": "the results printed are complete; queries not yet answered were not searched, run them again",
     "eval": "eval writes nothing; run the command again",
@@ -457,10 +457,11 @@ def main() -> None:
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(0)
     except OSError as exc:
-        message = _os_error_message(exc)
-        if message is None or os.environ.get("FASTSLOW_DEBUG"):
+        from fastslow_cli.atomic import ACCESS_ERRNOS, WRITE_ERRNOS, write_failure
+
+        if exc.errno not in WRITE_ERRNOS + ACCESS_ERRNOS or os.environ.get("FASTSLOW_DEBUG"):
             _internal_error(exc)
-        _print_error(message)
+        _print_error(str(write_failure(exc)))
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback on request
         _internal_error(exc)
@@ -475,18 +476,6 @@ def _internal_error(exc: Exception) -> None:
         raise exc
     _print_error(f"internal error: {type(exc).__name__}: {exc} (set FASTSLOW_DEBUG=1 for a traceback and report it)")
     sys.exit(1)
-
-
-def _os_error_message(exc: OSError) -> str | None:
-    """One line for the file-system errors a user can fix (a read-only disk, a full one, permissions)."""
-    where = exc.filename or "a file"
-    if exc.errno == errno.EROFS:
-        return f"cannot write {where}: read-only file system; pass --workspace (or FASTSLOW_WORKSPACE) a writable folder"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied on {where}: make it writable or pass --workspace a folder you can write"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left writing {where}: free some space or pass --workspace a folder on another disk"
-    return None
 
 
 def _command_name(args: list[str]) -> str:

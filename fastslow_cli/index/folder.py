@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastslow_cli.index.hnsw import AnnIndex, AnnParams
-from fastslow_cli.atomic import atomic_path, atomic_write_json, fsync_dir
+from fastslow_cli.atomic import atomic_path, atomic_write_json, check_writable, fsync_dir
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.store.parquet import FeatureStore, FeatureTable
 
@@ -228,7 +228,9 @@ def write_index(
     `build_index` feeds it chunks encoded from the feature store; benchmarks feed it
     precomputed vectors and memories, so both write (and later read) the same format.
     If anything fails (an encoder error, Ctrl-C), the previous index is left as it was.
+    A folder that cannot be written is refused before any chunk is encoded.
     """
+    check_writable(directory)
     with writer_lock(directory):
         return _write_locked(
             directory, chunks, fast_identity, slow_identity, slow_width, params, feature_set, feature_fingerprint, progress
@@ -350,6 +352,7 @@ def add_to_index(
     Works on a copy of the index folder that is swapped in at the end. Items already in
     the index are kept as they are (a re-extracted file keeps its old vectors until a rebuild).
     """
+    check_writable(directory)
     with writer_lock(directory):
         return _add_locked(store, directory, fast, slow, progress)
 
