@@ -63,6 +63,16 @@ def test_stdin_line_not_utf8_is_skipped_and_named(tiny_ws: Path) -> None:
     assert "2 queries from stdin could not be searched" in out.stderr
 
 
+def test_query_of_unknown_words_is_answered_with_a_warning(tiny_ws: Path) -> None:
+    out = run(tiny_ws, "search", "-", "--json", "-k", "2", stdin="zzz qqq\na red circle\n".encode())
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["query"] for line in out.stdout.splitlines()] == ["zzz qqq"] * 2 + ["a red circle"] * 2
+    assert out.stderr.splitlines() == [
+        "warning: no word of 'zzz qqq' is known to the Fast model (it knows only words of the training captions): "
+        "results are arbitrary"
+    ]
+
+
 def test_ctrl_c_in_a_stdin_batch_is_one_line(tiny_ws: Path) -> None:
     """SIGINT while `search -` waits for its next line: the answered query stays answered, one line, exit 130."""
     env = {**os.environ, "FASTSLOW_WORKSPACE": str(tiny_ws)}

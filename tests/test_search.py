@@ -223,3 +223,33 @@ def test_result_json_fields(setup: tuple[Searcher, NativeFast, NativeSlow]) -> N
     row = searcher.search("a dog", k=1, rerank=2)[0].to_json()
     assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp"]
     assert row["rank"] == 1 and isinstance(row["slow_score"], float)
+
+
+@pytest.mark.parametrize("query", ["zzz qqq", "狗", "zebra 🦓 !", "Xylophone"])
+def test_a_query_of_unknown_words_is_warned_about(setup: tuple[Searcher, NativeFast, NativeSlow], query: str) -> None:
+    """Issue 9: such a query reads as [UNK] alone and got confident, arbitrary results silently."""
+    searcher, fast, _ = setup
+    warning = searcher.vocabulary_warning(query)
+    assert warning == (
+        f"no word of {query!r} is known to the Fast model (it knows only words of the training captions): "
+        "results are arbitrary"
+    )
+    assert "Fast and Slow models (they know" in searcher.vocabulary_warning(query, rerank=5)
+    assert len(searcher.search(query, k=3)) == 3  # still answered
+
+
+@pytest.mark.parametrize("query", ["a zebra", "RED circle!", "dog 🦓"])
+def test_a_query_with_a_known_word_is_not_warned_about(setup: tuple[Searcher, NativeFast, NativeSlow], query: str) -> None:
+    searcher, _, _ = setup
+    assert searcher.vocabulary_warning(query) is None and searcher.vocabulary_warning(query, rerank=5) is None
+
+
+def test_models_without_a_word_vocabulary_are_not_checked(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    """Hugging Face adapters (no `query_words`): sub-word tokenizers know every word in pieces."""
+    searcher, fast, slow = setup
+
+    class SubWords:
+        identity = fast.identity
+        encode_texts = fast.encode_texts
+
+    assert Searcher(searcher.index, SubWords(), slow).vocabulary_warning("zzz qqq") is None

@@ -37,6 +37,14 @@ def test_unknown_words_become_unk(tok: TextTokenizer) -> None:
     assert tok.encode("élan 🦓")[1:-1] == [UNK_ID, UNK_ID]
 
 
+def test_words_says_which_words_are_known(tok: TextTokenizer) -> None:
+    assert tok.words("A RED zebra!") == [("A", True), ("RED", True), ("zebra", False)]  # punctuation is no word
+    # As typed (NFKC reads Ｒｅｄ as red); an emoji is no word; a typed [UNK] is no known word.
+    assert tok.words("Ｒｅｄ 狗 🦓 [UNK]") == [("Ｒｅｄ", True), ("狗", False), ("[UNK]", False)]
+    assert tok.words("a " * 20) == [("a", True)] * 6  # what the model reads: max_len 8 with [BOS] and [EOS]
+    assert tok.words("") == []
+
+
 def test_empty_and_odd_inputs_never_crash(tok: TextTokenizer) -> None:
     assert tok.encode("") == [BOS_ID, EOS_ID]
     assert tok.encode("   \n\t ") == [BOS_ID, EOS_ID]

@@ -337,6 +337,9 @@ def search(
         try:
             if query.problem:
                 raise UsageError(query.problem)
+            warning = searcher.vocabulary_warning(query.text, rerank)
+            if warning:
+                _say(f"warning: {warning}")
             results = searcher.search(query.text, k=k, rerank=rerank, alpha=alpha, ef=ef)
         except UsageError as exc:  # one odd line in a stdin batch does not stop the others
             if query.line is None:

@@ -9,6 +9,11 @@ the same way:
 - Slow: `encode_items(table) -> list of (L_i, width) memories` (query-independent: the
   index caches them) and `score(texts, memories) -> (Q, K)`, every text against every
   memory, with no visual encoding.
+
+Native models also have `query_words(text)`: the query's words and whether their
+word-level vocabulary holds each, so search can warn when it knows none (the query then
+reads as [UNK] only and the results are arbitrary). The Hugging Face adapters have no
+such method: their sub-word (BPE/WordPiece) tokenizers spell any word in known pieces.
 """
 
 from __future__ import annotations
@@ -85,7 +90,15 @@ def pad_memories(memories: Sequence[np.ndarray], device: torch.device) -> tuple[
     return out.to(device), mask.to(device)
 
 
-class NativeFast:
+class _WordVocabulary:
+    tokenizer: Any
+
+    def query_words(self, text: str) -> list[tuple[str, bool]]:
+        """(word, in the vocabulary) for each word of `text` the model reads."""
+        return self.tokenizer.words(text)
+
+
+class NativeFast(_WordVocabulary):
     """A trained `models.fast.FastModel` with its tokenizer, as a `FastRetriever`."""
 
     kind = "fast"
@@ -111,7 +124,7 @@ class NativeFast:
         return out
 
 
-class NativeSlow:
+class NativeSlow(_WordVocabulary):
     """A trained `models.slow.SlowModel` with its tokenizer, as a `SlowRetriever`."""
 
     kind = "slow"

@@ -21,6 +21,10 @@ with the rank, whatever k, K and alpha):
 So `score > 1` means "re-scored by the Slow model". The raw model scores stay in
 `fast_score` (the cosine) and `slow_score` (the Slow model's score, e.g. a mean token
 log-likelihood, or None when not re-ranked), for thresholds and analysis.
+
+A query none of whose words a native model knows reads as `[UNK]` alone and gets
+confident but arbitrary results: `vocabulary_warning` says so, for the caller to show.
+Hugging Face models are not checked (their sub-word tokenizers know every word in pieces).
 """
 
 from __future__ import annotations
@@ -107,6 +111,22 @@ class Searcher:
     @property
     def default_alpha(self) -> float:
         return float(self.index.manifest.get("alpha", 0.0) or 0.0)
+
+    def vocabulary_warning(self, query: str, rerank: int = 0) -> str | None:
+        """One line when no word of `query` is known to the Fast model (or, with `rerank`, the
+        Slow one): its results are then arbitrary. None when some word is known, or the model
+        cannot tell (Hugging Face)."""
+        text = check_query(query)
+        models = [("Fast", self.fast)] + ([("Slow", self.slow)] if rerank and self.slow is not None else [])
+        blind = []
+        for what, model in models:
+            words = model.query_words(text) if hasattr(model, "query_words") else []
+            if words and not any(known for _, known in words):
+                blind.append(what)
+        if not blind:
+            return None
+        who = "the Fast and Slow models (they know" if len(blind) > 1 else f"the {blind[0]} model (it knows"
+        return f"no word of {query!r} is known to {who} only words of the training captions): results are arbitrary"
 
     def search(
         self, query: str, k: int = 10, rerank: int = 0, alpha: float | None = None, ef: int | None = None

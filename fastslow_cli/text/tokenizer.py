@@ -99,6 +99,18 @@ class TextTokenizer:
         rows = [enc.ids for enc in self._tok.encode_batch([_clean(t) for t in texts])]
         return pad_ids(rows)
 
+    def words(self, text: str) -> list[tuple[str, bool]]:
+        """The words of `text` the model reads (up to `max_len` tokens; punctuation and symbols
+        left out) and whether each is in the vocabulary: a word that is not reads as `[UNK]`."""
+        text = _clean(text)
+        enc = self._tok.encode(text)
+        out = []
+        for token, (start, end), special in zip(enc.ids, enc.offsets, enc.special_tokens_mask):
+            word = text[start:end]
+            if not special and any(ch.isalnum() for ch in word):
+                out.append((word, token != UNK_ID))
+        return out
+
     def decode(self, ids: Sequence[int]) -> str:
         """Words of `ids` without the special tokens (for messages and tests)."""
         return self._tok.decode(list(ids), skip_special_tokens=True)
