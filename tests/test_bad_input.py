@@ -104,7 +104,9 @@ def test_ctrl_c_in_training_is_one_line_and_saves_nothing(tiny_ws: Path) -> None
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
     try:
-        started = proc.stderr.readline().decode()  # printed once the data is loaded, as training starts
+        started = ""
+        while not started.startswith("train fast:") and proc.poll() is None:  # printed as training starts
+            started = proc.stderr.readline().decode()
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
