@@ -18,7 +18,7 @@ import torch
 from fastslow_cli.index import folder as index_mod
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.index.folder import IndexChunk, SearchIndex, add_to_index, build_index, recover, write_index, writer_lock
+from fastslow_cli.index.folder import IndexChunk, SearchIndex, build_index, recover, update_index, write_index, writer_lock
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
@@ -208,7 +208,7 @@ def test_add_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
     old_memory = before.memories(range(30))
     old_frames = np.array(before.frame_vectors)
 
-    assert add_to_index(store, directory, fast, slow).items == 0  # nothing new: nothing to do
+    assert update_index(store, directory, fast, slow).added == 0  # nothing new: nothing to do
 
     add_rows(store, tmp_path / "media", item_specs(12, first=30), seed=1)
 
@@ -221,10 +221,10 @@ def test_add_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
 
     fast.encode_items = counting  # type: ignore[method-assign]
     try:
-        report = add_to_index(store, directory, fast, slow)
+        report = update_index(store, directory, fast, slow)
     finally:
         del fast.encode_items
-    assert report.items == 12
+    assert (report.added, report.updated, report.removed, report.items) == (12, 0, 0, 42)
     new_frames = sum(f for _, f in item_specs(12, first=30) if f > 1)
     assert calls == [12, new_frames]  # new items, then the new videos' frames; no old item re-encoded
 
@@ -256,11 +256,11 @@ def test_add_refuses_other_models_and_missing_slow(tmp_path: Path) -> None:
     other_fast, other_slow = make_models(store, seed=1, fast_hash="fast-b", slow_hash="slow-b")
     files = index_files(directory)
     with pytest.raises(FastslowError, match="Fast model models/fast-a"):
-        add_to_index(store, directory, other_fast, slow)
+        update_index(store, directory, other_fast, slow)
     with pytest.raises(FastslowError, match="Slow model models/slow-a"):
-        add_to_index(store, directory, fast, other_slow)
+        update_index(store, directory, fast, other_slow)
     with pytest.raises(FastslowError, match="--slow"):
-        add_to_index(store, directory, fast, None)  # would leave the new items without Slow memory
+        update_index(store, directory, fast, None)  # would leave the new items without Slow memory
     assert index_files(directory) == files
 
 
@@ -316,7 +316,7 @@ def test_interrupted_build_leaves_old_index(tmp_path: Path, monkeypatch: pytest.
         seen.clear()
         fail_at[0] = 2
         with pytest.raises(Crash):
-            add_to_index(store, directory, fast, slow)
+            update_index(store, directory, fast, slow)
     finally:
         del fast.encode_items
     assert index_files(directory) == files
@@ -412,7 +412,7 @@ def test_one_writer_at_a_time(built: tuple[FeatureStore, NativeFast, NativeSlow,
         with pytest.raises(FastslowError, match="being written by another process"):
             build_index(store, directory, fast, slow)
         with pytest.raises(FastslowError, match="being written by another process"):
-            add_to_index(store, directory, fast, slow)
+            update_index(store, directory, fast, slow)
         assert SearchIndex.open(directory).count == 36  # readers are not blocked
     assert index_files(directory) == files
     build_index(store, tmp_path / "index" / "other", fast, None)  # other names are independent
@@ -441,6 +441,9 @@ def test_write_index_from_precomputed_chunks(tmp_path: Path) -> None:
             vectors=vectors[a:b],
             frame_vectors=frame_vectors[starts[a] : starts[b]],
             memories=memories[a:b] if with_memory else None,
+            sizes=[10 + i for i in range(a, b)],
+            mtimes_ns=[20 + i for i in range(a, b)],
+            content_hashes=[f"h{i}" for i in range(a, b)],
         )
 
     directory = tmp_path / "index" / "pre"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from test_index import make_models, make_store
@@ -64,7 +62,7 @@ def test_fast_search_matches_brute_force(setup: tuple[Searcher, NativeFast, Nati
 
 
 def store_of(searcher: Searcher) -> FeatureStore:
-    return FeatureStore(Path(searcher.index.manifest["feature_set"]))
+    return FeatureStore(searcher.index.feature_set_dir)
 
 
 def test_single_and_batch_identical(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
@@ -177,5 +175,5 @@ def test_rerank_needs_slow_and_other_models_refused(setup: tuple[Searcher, Nativ
 def test_result_json_fields(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
     searcher, _, _ = setup
     row = searcher.search("a dog", k=1, rerank=2)[0].to_json()
-    assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp"]
+    assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing"]
     assert row["rank"] == 1 and isinstance(row["slow_score"], float)

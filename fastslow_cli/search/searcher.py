@@ -10,10 +10,14 @@ where z standardises the K candidates' scores within the query (mean 0, std 1), 
 two models' different scales can be blended; alpha = 0 (the default, unless the index
 records one tuned on a validation split) orders by the Slow score alone. Results below
 rank K keep their Fast order and score.
+
+A result whose media file no longer exists is still returned, flagged `missing` (one
+stat per result), so a caller can say so; `fastslow index update` removes it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -41,6 +45,7 @@ class Result:
     fast_score: float
     slow_score: float | None
     timestamp: float | None
+    missing: bool = False  # the media file is gone since the index was built (`fastslow index update` drops it)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -140,6 +145,7 @@ class Searcher:
                     fast_score=float(fast_scores[rank]),
                     slow_score=slow_scores[rank],
                     timestamp=self.index.best_timestamp(label, qvec) if kind == "video" else None,
+                    missing=not os.path.exists(items["path"][label]),
                 )
             )
         return out
