@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_index import make_models, make_store
@@ -177,3 +179,16 @@ def test_result_json_fields(setup: tuple[Searcher, NativeFast, NativeSlow]) -> N
     row = searcher.search("a dog", k=1, rerank=2)[0].to_json()
     assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing"]
     assert row["rank"] == 1 and isinstance(row["slow_score"], float)
+
+
+def test_results_whose_file_is_gone_are_flagged(tmp_path: Path) -> None:
+    store = make_store(tmp_path, count=6)
+    fast, slow = make_models(store)
+    build_index(store, tmp_path / "index" / "main", fast, slow)
+    searcher = Searcher(SearchIndex.open(tmp_path / "index" / "main"), fast, slow)
+    gone = store.entries()["item004.png"]
+    Path(gone.path).unlink()
+    results = searcher.search("a dog", k=6, rerank=3)
+    assert len(results) == 6
+    assert [r.id for r in results if r.missing] == ["item004.png"]
+    assert next(r for r in results if r.missing).to_json()["missing"] is True
