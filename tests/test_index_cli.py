@@ -11,6 +11,7 @@ import pytest
 from test_index import add_rows, edit_item, item_specs, make_models, SHAPES
 from test_pipeline import cli, ok
 
+from fastslow_cli import Workspace
 from fastslow_cli.models.checkpoint import save_model
 from fastslow_cli.store.parquet import FeatureStore
 
@@ -27,10 +28,10 @@ def save_models(ws: Path, store: FeatureStore, seed: int = 0, only: tuple[str, .
             save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
 
 
-def make_workspace(tmp_path: Path, count: int = 12) -> tuple[Path, FeatureStore]:
-    """WORKSPACE/features/default (media outside the workspace, in tmp_path/media) and models fast and slow."""
+def make_workspace(tmp_path: Path, count: int = 12, set_name: str = "default") -> tuple[Path, FeatureStore]:
+    """WORKSPACE/features/SET (media outside the workspace, in tmp_path/media) and models fast and slow."""
     ws = tmp_path / "ws"
-    store = FeatureStore(ws / "features" / "default")
+    store = FeatureStore(ws / "features" / set_name)
     store.ensure({"name": "test-backbone"}, SHAPES, 8)
     media = tmp_path / "media"
     media.mkdir()
@@ -98,3 +99,14 @@ def test_moved_and_copied_workspaces_use_their_own_models(tmp_path: Path) -> Non
     search(moved, "-k", "3")  # the original is untouched
 
     ok(cli(copy, "index", "build"))  # the fix the message gives
+
+
+def test_update_reads_the_feature_set_the_index_was_built_from(tmp_path: Path) -> None:
+    """Through the Python API: no `set` given, the index's own set (here not 'default') is used."""
+    ws_dir, store = make_workspace(tmp_path, count=4, set_name="photos")
+    ws = Workspace(ws_dir)
+    ws.build_index(set="photos", device="cpu")
+    add_rows(store, tmp_path / "media", item_specs(2, first=4), seed=1)
+    summary = ws.update_index(device="cpu")
+    assert (summary.added, summary.updated, summary.removed, summary.items) == (2, 0, 0, 6)
+    assert summary.to_json()["updated"] == 0 and summary.to_json()["removed"] == 0
