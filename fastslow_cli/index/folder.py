@@ -502,6 +502,7 @@ def _unchanged(items: dict[str, list[Any]], live: dict[str, StoreEntry]) -> dict
             out[item_id] = label
     return out
 
+
 # ----------------------------------------------------------------------------- reading
 
 
