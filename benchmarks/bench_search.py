@@ -120,6 +120,9 @@ def chunks(vectors: np.ndarray, pool: list[np.ndarray], size: int = 4096) -> Ite
             vectors=vectors[start:stop],
             frame_vectors=vectors[start:stop],
             memories=[pool[i % len(pool)] for i in range(start, stop)],
+            sizes=[0] * len(ids),
+            mtimes_ns=[0] * len(ids),
+            content_hashes=[""] * len(ids),
         )
 
 

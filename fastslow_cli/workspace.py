@@ -32,6 +32,7 @@ from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 if TYPE_CHECKING:
     from fastslow_cli.data.captioned_set import CaptionedSet, CaptionsPaths
     from fastslow_cli.features.extract import ExtractSummary
+    from fastslow_cli.index.folder import SearchIndex
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
     from fastslow_cli.search.searcher import Searcher
     from fastslow_cli.store.parquet import FeatureStore
@@ -79,12 +80,16 @@ class IndexSummary:
     seconds: float
     skipped_missing: int = 0
     has_slow: bool = True
+    updated: int = 0  # an update: items re-encoded because their file changed
+    removed: int = 0  # an update: items dropped because their file is gone
 
     def to_json(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "items": self.items,
             "added": self.added,
+            "updated": self.updated,
+            "removed": self.removed,
             "skipped_missing": self.skipped_missing,
             "seconds": round(self.seconds, 3),
         }
@@ -306,13 +311,14 @@ class Workspace:
 
         return load_slow(self.resolve_model(name), device)
 
-    def _index_models(self, manifest: dict[str, Any], device: str, need_slow: bool) -> tuple[FastRetriever, SlowRetriever | None]:
-        """The models an index was built with (their content hashes are checked by the index)."""
+    def _index_models(self, index: SearchIndex, device: str, need_slow: bool) -> tuple[FastRetriever, SlowRetriever | None]:
+        """The models an index was built with, from the index's own workspace (their content
+        hashes are checked by the index), so a copied workspace never loads the original's."""
         from fastslow_cli.search.retrievers import load_fast, load_slow
 
-        fast = load_fast(manifest["fast"]["path"], device)
-        slow = load_slow(manifest["slow"]["path"], device) if need_slow and manifest.get("slow") else None
-        return fast, slow
+        fast = load_fast(index.model_location("fast"), device)
+        slow_path = index.model_location("slow") if need_slow else None
+        return fast, load_slow(slow_path, device) if slow_path else None
 
     # ---- index ------------------------------------------------------------------------
     def build_index(
@@ -355,17 +361,28 @@ class Workspace:
         )
         return IndexSummary(name, report.items, report.items, report.seconds, report.skipped_missing, slow_model is not None)
 
-    def update_index(self, name: str | None = None, *, set: str = "default", device: str = "auto",  # noqa: A002
+    def update_index(self, name: str | None = None, *, set: str | None = None, device: str = "auto",  # noqa: A002
                      progress: Progress | None = None) -> IndexSummary:
-        """Add newly extracted items to an index without rebuilding it."""
-        from fastslow_cli.index.folder import SearchIndex, add_to_index
+        """Bring an index in line with its feature set (default: the one it was built from):
+        new items added, changed ones re-encoded, deleted ones removed; the rest is copied."""
+        from fastslow_cli.atomic import check_writable
+        from fastslow_cli.index.folder import SearchIndex, update_index
+        from fastslow_cli.store.parquet import FeatureStore
 
         name = name or self.default_index()
         directory = self.index_dir(name)
-        manifest = SearchIndex.open(directory).manifest
-        fast, slow = self._index_models(manifest, device, need_slow=True)
-        report = add_to_index(self.store(set, progress), directory, fast, slow)
-        return IndexSummary(name, int(SearchIndex.open(directory).count), report.items, report.seconds, 0, slow is not None)
+        index = SearchIndex.open(directory)
+        check_writable(directory)  # before loading models (update_index checks again, for other callers)
+        fast, slow = self._index_models(index, device, need_slow=True)
+        store = self.store(set, progress) if set else FeatureStore(index.feature_set_dir, notify=progress)
+        store.manifest()  # a clear error when the set does not exist
+        _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
+        report = update_index(
+            store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)
+        )
+        return IndexSummary(
+            name, report.items, report.added, report.seconds, 0, slow is not None, report.updated, report.removed
+        )
 
     def index_info(self, name: str | None = None) -> dict[str, Any]:
         """An index's manifest: models, feature set, counts, HNSW parameters."""
@@ -383,7 +400,7 @@ class Workspace:
         from fastslow_cli.search.searcher import Searcher
 
         opened = SearchIndex.open(self.index_dir(index or self.default_index()))
-        fast, slow = self._index_models(opened.manifest, device, need_slow=rerank)
+        fast, slow = self._index_models(opened, device, need_slow=rerank)
         return Searcher(opened, fast, slow)
 
     # ---- eval -------------------------------------------------------------------------

@@ -12,13 +12,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from fastslow_cli.index import folder as index_mod
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.index.folder import IndexChunk, SearchIndex, add_to_index, build_index, recover, write_index, writer_lock
+from fastslow_cli.index.folder import IndexChunk, SearchIndex, build_index, recover, update_index, write_index, writer_lock
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
@@ -194,10 +195,10 @@ def test_missing_media_left_out_and_empty_set_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "index" / "empty").exists()
 
 
-# ----------------------------------------------------------------------------- add
+# ----------------------------------------------------------------------------- update
 
 
-def test_add_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
+def test_update_adds_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
     store = make_store(tmp_path, count=30)
     fast, slow = make_models(store)
     directory = tmp_path / "index" / "main"
@@ -208,7 +209,7 @@ def test_add_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
     old_memory = before.memories(range(30))
     old_frames = np.array(before.frame_vectors)
 
-    assert add_to_index(store, directory, fast, slow).items == 0  # nothing new: nothing to do
+    assert update_index(store, directory, fast, slow).added == 0  # nothing new: nothing to do
 
     add_rows(store, tmp_path / "media", item_specs(12, first=30), seed=1)
 
@@ -221,10 +222,10 @@ def test_add_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
 
     fast.encode_items = counting  # type: ignore[method-assign]
     try:
-        report = add_to_index(store, directory, fast, slow)
+        report = update_index(store, directory, fast, slow)
     finally:
         del fast.encode_items
-    assert report.items == 12
+    assert (report.added, report.updated, report.removed, report.items) == (12, 0, 0, 42)
     new_frames = sum(f for _, f in item_specs(12, first=30) if f > 1)
     assert calls == [12, new_frames]  # new items, then the new videos' frames; no old item re-encoded
 
@@ -247,7 +248,128 @@ def test_add_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
     assert labels[:, 0].tolist() == list(range(30, 42))
 
 
-def test_add_refuses_other_models_and_missing_slow(tmp_path: Path) -> None:
+def edit_item(store: FeatureStore, media: Path, item_id: str, like: str) -> None:
+    """Re-extract `item_id` after its file was edited: new bytes (size, mtime, hash), and the
+    features of item `like` (same frame count), so its new content is known."""
+    path = media / item_id
+    path.write_bytes(b"edited: " + item_id.encode())
+    source = store.load([like])
+    frames = int(source.frames[0])
+    store.append(
+        [
+            FeatureRow(
+                id=item_id, path=str(path), kind=source.kinds[0], frames=frames, timestamps=source.timestamps[0],
+                size=path.stat().st_size, mtime_ns=path.stat().st_mtime_ns, content_hash=f"edited-{item_id}",
+                levels=[lv[0, :frames] for lv in source.levels],
+            )
+        ]
+    )
+
+
+def by_id(index: SearchIndex) -> dict[str, tuple]:
+    """Each item of an index as (path, kind, frames, timestamps, sources, vector, frame vectors, memory), keyed by id."""
+    items, off = index.items, index.frame_offsets
+    vectors = index.ann.vectors(range(index.count))
+    return {
+        item_id: (
+            tuple(items[k][i] for k in ("path", "kind", "frames", "timestamps", "size", "mtime_ns", "content_hash")),
+            vectors[i],
+            np.asarray(index.frame_vectors[off[i] : off[i + 1]]),
+            index.memories([i])[0],
+        )
+        for i, item_id in enumerate(items["id"])
+    }
+
+
+def test_update_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edited items are re-encoded, deleted and vanished ones removed, new ones added;
+    nothing else is encoded, and the result is what a fresh build gives."""
+    store = make_store(tmp_path, count=30)
+    fast, slow = make_models(store)
+    directory = tmp_path / "index" / "main"
+    media = tmp_path / "media"
+    build_index(store, directory, fast, slow, AnnParams(M=8, ef_construction=64))
+    before = by_id(SearchIndex.open(directory))
+    ids = sorted(before)
+    edited, like, deleted, vanished = ids[3], ids[0], ids[7], ids[10]  # all images
+    edit_item(store, media, edited, like)
+    (media / deleted).unlink()
+    add_rows(store, media, item_specs(4, first=30), seed=1)
+    entries = store.entries()
+    monkeypatch.setattr(store, "entries", lambda: {i: e for i, e in entries.items() if i != vanished})
+
+    calls: list[int] = []
+    original = fast.encode_items
+
+    def counting(table, batch_size=256):  # type: ignore[no-untyped-def]
+        calls.append(len(table.ids))
+        return original(table, batch_size)
+
+    monkeypatch.setattr(fast, "encode_items", counting)
+    report = update_index(store, directory, fast, slow)
+    monkeypatch.undo()
+    assert (report.added, report.updated, report.removed, report.items) == (4, 1, 2, 32)
+    new_videos = [f for _, f in item_specs(4, first=30) if f > 1]
+    assert calls == [5, sum(new_videos)]  # the 4 new and the edited item, then the new videos' frames
+
+    after = by_id(SearchIndex.open(directory))
+    assert deleted not in after and vanished not in after and len(after) == 32
+    for item_id in set(before) - {edited, deleted, vanished}:  # copied as they were
+        assert after[item_id][0] == before[item_id][0]
+        for b, a in zip(before[item_id][1:], after[item_id][1:]):
+            np.testing.assert_array_equal(a, b)
+    # The edited item now has the content of `like`: its vector, frame vector and memory.
+    for b, a in zip(before[like][1:], after[edited][1:]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert after[edited][0][6] == f"edited-{edited}"
+    # Everything equals a fresh build of the same store.
+    monkeypatch.setattr(store, "entries", lambda: {i: e for i, e in entries.items() if i != vanished})
+    build_index(store, tmp_path / "index" / "fresh", fast, slow, AnnParams(M=8, ef_construction=64))
+    fresh = by_id(SearchIndex.open(tmp_path / "index" / "fresh"))
+    assert sorted(fresh) == sorted(after)
+    for item_id, (meta, *arrays) in fresh.items():
+        assert after[item_id][0] == meta
+        for f, a in zip(arrays, after[item_id][1:]):
+            np.testing.assert_allclose(a, f, atol=1e-5)
+    manifest = SearchIndex.open(directory).manifest
+    assert manifest["count"] == 32 and manifest["images"] + manifest["videos"] == 32 and "updated" in manifest
+
+    files = index_files(directory)
+    again = update_index(store, directory, fast, slow)
+    assert (again.added, again.updated, again.removed, again.items) == (0, 0, 0, 32)
+    assert index_files(directory) == files  # nothing changed: nothing written
+
+
+def test_update_of_an_index_without_item_sources_re_encodes_it(tmp_path: Path) -> None:
+    """Indexes written before items recorded size, mtime and hash: every item counts as changed."""
+    store = make_store(tmp_path, count=9)
+    fast, slow = make_models(store)
+    directory = tmp_path / "index" / "main"
+    build_index(store, directory, fast, slow)
+    items = pq.read_table(directory / "items.parquet").drop_columns(["size", "mtime_ns", "content_hash"])
+    pq.write_table(items, directory / "items.parquet")
+    report = update_index(store, directory, fast, slow)
+    assert (report.added, report.updated, report.removed, report.items) == (0, 9, 0, 9)
+    index = SearchIndex.open(directory)
+    assert index.items["content_hash"] == [store.entries()[i].content_hash for i in index.items["id"]]
+    assert update_index(store, directory, fast, slow).updated == 0
+
+
+def test_update_refuses_when_every_item_is_gone(tmp_path: Path) -> None:
+    store = make_store(tmp_path, count=3)
+    fast, slow = make_models(store)
+    directory = tmp_path / "index" / "main"
+    build_index(store, directory, fast, slow)
+    files = index_files(directory)
+    for item_id, _ in item_specs(3):
+        (tmp_path / "media" / item_id).unlink()
+    with pytest.raises(FastslowError, match="no item left") as exc:
+        update_index(store, directory, fast, slow)
+    assert "\n" not in str(exc.value) and str(store.directory) in str(exc.value)
+    assert index_files(directory) == files
+
+
+def test_update_refuses_other_models_and_missing_slow(tmp_path: Path) -> None:
     store = make_store(tmp_path, count=9)
     fast, slow = make_models(store)
     directory = tmp_path / "index" / "main"
@@ -256,11 +378,11 @@ def test_add_refuses_other_models_and_missing_slow(tmp_path: Path) -> None:
     other_fast, other_slow = make_models(store, seed=1, fast_hash="fast-b", slow_hash="slow-b")
     files = index_files(directory)
     with pytest.raises(FastslowError, match="Fast model models/fast-a"):
-        add_to_index(store, directory, other_fast, slow)
+        update_index(store, directory, other_fast, slow)
     with pytest.raises(FastslowError, match="Slow model models/slow-a"):
-        add_to_index(store, directory, fast, other_slow)
+        update_index(store, directory, fast, other_slow)
     with pytest.raises(FastslowError, match="--slow"):
-        add_to_index(store, directory, fast, None)  # would leave the new items without Slow memory
+        update_index(store, directory, fast, None)  # would leave the new items without Slow memory
     assert index_files(directory) == files
 
 
@@ -272,15 +394,59 @@ def test_check_models_refuses_other_content_hash(built: tuple[FeatureStore, Nati
     index = SearchIndex.open(directory)
     index.check_models(fast, slow)
     index.check_models(fast, None)
+    fix = "fastslow index build --model models/fast-a --slow models/slow-a --set test --name main"
+    # The same model folder with other weights: retrained or replaced since the build.
+    retrained = make_models(store)[0]
+    retrained.identity = {**fast.identity, "content_hash": "fast-retrained"}
+    with pytest.raises(FastslowError) as exc:
+        index.check_models(retrained, slow)
+    message = str(exc.value)
+    assert "\n" not in message and message.count("models/fast-a") == 2  # where the model is, and in the fix
+    assert f"the Fast model at models/fast-a was retrained or replaced since index {directory} was built" in message
+    assert message.endswith(f"rebuild the index with `{fix}`")
+    # Another model: both named, and the build that uses it.
     other_fast, other_slow = make_models(store, fast_hash="fast-b", slow_hash="slow-b")
     with pytest.raises(FastslowError) as exc:
         index.check_models(other_fast, slow)
     message = str(exc.value)
-    assert "\n" not in message and str(directory) in message
-    assert "models/fast-a" in message and "models/fast-b" in message and "fastslow index build" in message
+    assert "\n" not in message and "built with Fast model models/fast-a, not models/fast-b" in message
+    assert "`fastslow index build --model models/fast-b --slow models/slow-a --set test --name main`" in message
     with pytest.raises(FastslowError) as exc:
         index.check_models(fast, other_slow)
-    assert "\n" not in str(exc.value) and "models/slow-a" in str(exc.value) and "models/slow-b" in str(exc.value)
+    assert "\n" not in str(exc.value) and "built with Slow model models/slow-a, not models/slow-b" in str(exc.value)
+
+
+def test_model_and_feature_set_paths_are_relative_to_the_workspace(tmp_path: Path) -> None:
+    """Inside the workspace (two levels above the index): relative and marked; outside: absolute; hub ids: as given."""
+    ws = tmp_path / "ws"
+    store = make_store(ws, count=3)
+    fast, slow = make_models(store)
+    (ws / "models" / "fast").mkdir(parents=True)
+    fast.identity = {**fast.identity, "path": str(ws / "models" / "fast")}
+    slow.identity = {**slow.identity, "path": str(tmp_path / "elsewhere" / "slow")}
+    directory = ws / "index" / "default"
+    build_index(store, directory, fast, slow)
+    index = SearchIndex.open(directory)
+    assert index.manifest["feature_set"] == "features/test" and index.feature_set_dir == store.directory
+    assert (index.manifest["fast"]["path"], index.manifest["fast"]["in_workspace"]) == ("models/fast", True)
+    assert index.manifest["slow"]["path"] == str(tmp_path / "elsewhere" / "slow")
+    assert "in_workspace" not in index.manifest["slow"]
+    assert index.model_location("fast") == str(ws / "models" / "fast")
+    assert index.rebuild_command(None, None) == f"fastslow index build --model fast --slow {tmp_path}/elsewhere/slow --set test"
+    with pytest.raises(FastslowError) as exc:  # a model folder that is gone: say so, not "cannot load CLIPModel"
+        index.model_location("slow")
+    assert f"the Slow model of index {directory}, {tmp_path}/elsewhere/slow, no longer exists" in str(exc.value)
+    assert "fastslow index build" in str(exc.value)
+    moved = tmp_path / "moved"
+    ws.rename(moved)
+    index = SearchIndex.open(moved / "index" / "default")
+    assert index.model_location("fast") == str(moved / "models" / "fast")
+    assert index.feature_set_dir == moved / "features" / "test"
+    # Hub ids (relative, not marked) stay ids.
+    hub = {**index.manifest["fast"], "path": "openai/clip-vit-base-patch32"}
+    del hub["in_workspace"]
+    index.manifest["fast"] = hub
+    assert index.model_location("fast") == "openai/clip-vit-base-patch32"
 
 
 # ----------------------------------------------------------------------------- atomicity
@@ -316,7 +482,7 @@ def test_interrupted_build_leaves_old_index(tmp_path: Path, monkeypatch: pytest.
         seen.clear()
         fail_at[0] = 2
         with pytest.raises(Crash):
-            add_to_index(store, directory, fast, slow)
+            update_index(store, directory, fast, slow)
     finally:
         del fast.encode_items
     assert index_files(directory) == files
@@ -412,7 +578,7 @@ def test_one_writer_at_a_time(built: tuple[FeatureStore, NativeFast, NativeSlow,
         with pytest.raises(FastslowError, match="being written by another process"):
             build_index(store, directory, fast, slow)
         with pytest.raises(FastslowError, match="being written by another process"):
-            add_to_index(store, directory, fast, slow)
+            update_index(store, directory, fast, slow)
         assert SearchIndex.open(directory).count == 36  # readers are not blocked
     assert index_files(directory) == files
     build_index(store, tmp_path / "index" / "other", fast, None)  # other names are independent
@@ -441,6 +607,9 @@ def test_write_index_from_precomputed_chunks(tmp_path: Path) -> None:
             vectors=vectors[a:b],
             frame_vectors=frame_vectors[starts[a] : starts[b]],
             memories=memories[a:b] if with_memory else None,
+            sizes=[10 + i for i in range(a, b)],
+            mtimes_ns=[20 + i for i in range(a, b)],
+            content_hashes=[f"h{i}" for i in range(a, b)],
         )
 
     directory = tmp_path / "index" / "pre"

@@ -114,7 +114,7 @@ def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> Non
     assert "".join(single) == batch
     rows = [json.loads(line) for line in batch.splitlines()]
     assert len(rows) == 10
-    keys = {"query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp"}
+    keys = {"query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing"}
     assert all(set(r) == keys for r in rows)
     assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
     assert all((r["timestamp"] is None) == (r["kind"] == "image") for r in rows)
@@ -179,7 +179,8 @@ def test_mismatched_model_refused(trained: dict[str, Path]) -> None:
     manifest_path.write_text(json.dumps(manifest))
     out = cli(ws, "search", "a red circle", "--index", "other")
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "built with" in out.stderr and "rebuild" in out.stderr
+    assert f"the Fast model at {ws / 'models' / 'fast'} was retrained or replaced since index" in out.stderr
+    assert "rebuild the index with `fastslow index build --model fast --slow slow --name other`" in out.stderr
 
 
 def test_missing_things_are_one_line_errors(trained: dict[str, Path], tmp_path: Path) -> None:

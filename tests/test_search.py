@@ -64,7 +64,7 @@ def test_fast_search_matches_brute_force(setup: tuple[Searcher, NativeFast, Nati
 
 
 def store_of(searcher: Searcher) -> FeatureStore:
-    return FeatureStore(Path(searcher.index.manifest["feature_set"]))
+    return FeatureStore(searcher.index.feature_set_dir)
 
 
 def test_single_and_batch_identical(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
@@ -221,7 +221,7 @@ def test_rerank_needs_slow_and_other_models_refused(setup: tuple[Searcher, Nativ
 def test_result_json_fields(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
     searcher, _, _ = setup
     row = searcher.search("a dog", k=1, rerank=2)[0].to_json()
-    assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp"]
+    assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing"]
     assert row["rank"] == 1 and isinstance(row["slow_score"], float)
 
 
@@ -253,3 +253,16 @@ def test_models_without_a_word_vocabulary_are_not_checked(setup: tuple[Searcher,
         encode_texts = fast.encode_texts
 
     assert Searcher(searcher.index, SubWords(), slow).vocabulary_warning("zzz qqq") is None
+
+
+def test_results_whose_file_is_gone_are_flagged(tmp_path: Path) -> None:
+    store = make_store(tmp_path, count=6)
+    fast, slow = make_models(store)
+    build_index(store, tmp_path / "index" / "main", fast, slow)
+    searcher = Searcher(SearchIndex.open(tmp_path / "index" / "main"), fast, slow)
+    gone = store.entries()["item004.png"]
+    Path(gone.path).unlink()
+    results = searcher.search("a dog", k=6, rerank=3)
+    assert len(results) == 6
+    assert [r.id for r in results if r.missing] == ["item004.png"]
+    assert next(r for r in results if r.missing).to_json()["missing"] is True

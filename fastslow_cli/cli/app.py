@@ -279,18 +279,20 @@ def index_build(
 @index_app.command("update")
 def index_update(
     workspace: WorkspaceOpt = None,
-    set_name: SetOpt = "default",
+    set_name: Annotated[
+        Optional[str], typer.Option("--set", help="Feature set name (default: the one the index was built from).")
+    ] = None,
     name: UseIndexOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
-    """Bring an index in line with its feature set (`index add` is an alias)."""
+    """Bring an index in line with its feature set: add new items, re-encode changed ones, drop deleted ones."""
     from fastslow_cli.cli.progress import Events
 
     ws = _workspace(workspace)
     with Events() as events:
         report = ws.update_index(name, set=set_name, device=device, progress=events)
-    _say(f"index '{report.index}': added {report.added} new item(s)")
+    _say(f"index '{report.index}': added {report.added}, updated {report.updated}, removed {report.removed}")
     if json_out:
         _emit_json(report.to_json())
 
@@ -333,6 +335,7 @@ def search(
         raise UsageError("no query given: `fastslow search \"a red car\"`, or `-` to read queries from stdin")
     searcher = _workspace(workspace).searcher(index, rerank=rerank > 0, device=device)
     skipped = 0
+    missing: set[str] = set()
     for query in read_queries(queries):
         try:
             if query.problem:
@@ -347,11 +350,18 @@ def search(
             skipped += 1
             _say(f"skipped stdin line {query.line}: {exc}")
             continue
+        missing.update(r.id for r in results if r.missing)
         if json_out:
             for r in results:
                 _emit_json(r.to_json())
         else:
             render_results(results)
+    if missing:
+        name = searcher.index.directory.name
+        _say(
+            f"warning: {len(missing)} result(s) point at files that no longer exist: run `fastslow extract PATH` "
+            f"where they moved to, then `fastslow index update{'' if name == 'default' else ' --index ' + name}`"
+        )
     if skipped:
         raise FastslowError(f"{skipped} quer{'y' if skipped == 1 else 'ies'} from stdin could not be searched (see above)")
 

@@ -68,7 +68,7 @@ def render_results(results: list[Result], console: Console = out_console) -> Non
         row = [str(r.rank), f"{r.score:.3f}", f"{r.fast_score:.3f}"]
         if reranked:
             row.append("" if r.slow_score is None else f"{r.slow_score:.3f}")
-        row += [r.path, "" if r.timestamp is None else f"{r.timestamp:.1f}s"]
+        row += [r.path + (" (file gone)" if r.missing else ""), "" if r.timestamp is None else f"{r.timestamp:.1f}s"]
         table.add_row(*row)
     console.print(table)
 

@@ -2,24 +2,32 @@
 
 ```
 index/<name>/hnsw.bin              hnswlib index (labels = rows of items.parquet)
-index/<name>/items.parquet         label, id, path, kind, frames, timestamps
+index/<name>/items.parquet         label, id, path, kind, frames, timestamps, and what each item
+                                   was built from (size, mtime_ns, content_hash)
 index/<name>/frame_vectors.npy     Fast vector of every frame (best timestamp of a video hit)
 index/<name>/slow_memory.f16       Slow visual memory of every item, float16 rows (mmap)
 index/<name>/slow_memory.offsets.npy   item i owns rows offsets[i]:offsets[i+1]
 index/<name>/manifest.json         models (content hashes), feature set, dim, HNSW sidecar, counts
-index/.<name>.lock                 writer lock (flock): one build or add at a time; readers take none
+index/.<name>.lock                 writer lock (flock): one build or update at a time; readers take none
 ```
 
-The Parquet features are the source of truth; an index is a rebuildable artefact. Builds
-and `add` write a complete new folder next to the old one and swap it in, so an
-interrupted build leaves the previous index usable.
+The Parquet features are the source of truth; an index is a rebuildable artefact. A build
+and an update both write a complete new folder next to the old one (one writer,
+`write_index`) and swap it in, so an interrupted write leaves the previous index usable.
+An update re-encodes only new and changed items and copies the rest from the old folder.
+
+Paths inside the workspace (models, the feature set) are recorded relative to it (the
+folder two levels above the index: WORKSPACE/index/NAME), so a moved or copied workspace
+uses its own models; paths outside it stay absolute, hub ids stay ids.
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,7 +43,7 @@ import pyarrow.parquet as pq
 from fastslow_cli.index.hnsw import AnnIndex, AnnParams
 from fastslow_cli.atomic import atomic_path, atomic_write_json, check_writable, fsync_dir
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.store.parquet import FeatureStore, FeatureTable
+from fastslow_cli.store.parquet import FeatureStore, FeatureTable, StoreEntry
 
 if TYPE_CHECKING:
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
@@ -56,6 +64,18 @@ Progress = Callable[[int], None]
 class BuildReport:
     items: int
     skipped_missing: int
+    seconds: float
+    directory: str
+
+
+@dataclass
+class UpdateReport:
+    """What `update_index` changed: item counts, and the index size after it."""
+
+    added: int
+    updated: int
+    removed: int
+    items: int
     seconds: float
     directory: str
 
@@ -130,18 +150,53 @@ def _new_build_dir(directory: Path) -> Path:
     return tmp
 
 
+# ----------------------------------------------------------------------------- workspace paths
+
+
+def workspace_of(directory: Path) -> Path:
+    """The workspace an index folder belongs to: WORKSPACE/index/NAME -> WORKSPACE."""
+    return Path(directory).resolve().parent.parent
+
+
+def _portable_path(path: str, root: Path) -> str:
+    """A path inside `root` as a relative POSIX path; anything else as given."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def _portable_model(identity: dict[str, Any], root: Path) -> dict[str, Any]:
+    """A model identity to record: a folder inside the workspace becomes relative to it and is
+    marked `in_workspace` (a relative path could otherwise pass for a hub id)."""
+    path = str(identity.get("path") or "")
+    portable = _portable_path(path, root)
+    return {**identity, "path": portable, "in_workspace": True} if portable != path else dict(identity)
+
+
+def _resolved_model(identity: dict[str, Any], root: Path) -> str:
+    """Where a recorded model is: in this workspace, an absolute folder, or a hub id."""
+    path = str(identity.get("path") or "")
+    return str(root / path) if identity.get("in_workspace") else path
+
+
 # ----------------------------------------------------------------------------- writing
 
 
-def _items_table(table: FeatureTable | IndexChunk, labels: np.ndarray) -> pa.Table:
+def _items_table(chunk: IndexChunk, labels: np.ndarray) -> pa.Table:
     return pa.table(
         {
             "label": pa.array(labels, pa.int64()),
-            "id": pa.array(table.ids, pa.string()),
-            "path": pa.array(table.paths, pa.string()),
-            "kind": pa.array(table.kinds, pa.string()),
-            "frames": pa.array(np.asarray(table.frames), pa.int32()),
-            "timestamps": pa.array([list(map(float, t)) for t in table.timestamps], pa.list_(pa.float64())),
+            "id": pa.array(chunk.ids, pa.string()),
+            "path": pa.array(chunk.paths, pa.string()),
+            "kind": pa.array(chunk.kinds, pa.string()),
+            "frames": pa.array(np.asarray(chunk.frames), pa.int32()),
+            "timestamps": pa.array([list(map(float, t)) for t in chunk.timestamps], pa.list_(pa.float64())),
+            "size": pa.array(chunk.sizes, pa.int64()),
+            "mtime_ns": pa.array(chunk.mtimes_ns, pa.int64()),
+            "content_hash": pa.array(chunk.content_hashes, pa.string()),
         }
     )
 
@@ -191,15 +246,24 @@ class IndexChunk:
     vectors: np.ndarray  # (n, dim) Fast item vectors
     frame_vectors: np.ndarray  # (frames.sum(), dim) Fast vector of every frame, item after item
     memories: list[np.ndarray] | None  # Slow memory (L_i, width) per item; None without a Slow model
+    # What each item was built from (its store entry): `update_index` re-encodes an item when these change.
+    sizes: Sequence[int]
+    mtimes_ns: Sequence[int]
+    content_hashes: Sequence[str]
 
 
 def _encoded_chunks(
-    store: FeatureStore, ids: Sequence[str], fast: FastRetriever, slow: SlowRetriever | None
+    store: FeatureStore,
+    entries: dict[str, StoreEntry],
+    ids: Sequence[str],
+    fast: FastRetriever,
+    slow: SlowRetriever | None,
 ) -> Iterator[IndexChunk]:
     """Load and encode `ids` CHUNK at a time (bounded memory on large sets)."""
     for start in range(0, len(ids), CHUNK):
         table = store.load(ids[start : start + CHUNK])
         vectors = fast.encode_items(table)
+        sources = [entries[i] for i in table.ids]
         yield IndexChunk(
             ids=table.ids,
             paths=table.paths,
@@ -209,6 +273,30 @@ def _encoded_chunks(
             vectors=vectors,
             frame_vectors=_frame_vectors(fast, table, vectors),
             memories=slow.encode_items(table) if slow is not None else None,
+            sizes=[e.size for e in sources],
+            mtimes_ns=[e.mtime_ns for e in sources],
+            content_hashes=[e.content_hash for e in sources],
+        )
+
+
+def _reused_chunks(index: SearchIndex, labels: Sequence[int]) -> Iterator[IndexChunk]:
+    """Items of an open index as they are, CHUNK at a time: an update copies them instead of re-encoding."""
+    items, f_off = index.items, index.frame_offsets
+    for start in range(0, len(labels), CHUNK):
+        part = list(labels[start : start + CHUNK])
+        column = lambda name: [items[name][i] for i in part]  # noqa: E731
+        yield IndexChunk(
+            ids=column("id"),
+            paths=column("path"),
+            kinds=column("kind"),
+            frames=np.asarray(column("frames"), dtype=np.int64),
+            timestamps=column("timestamps"),
+            vectors=index.ann.vectors(part),
+            frame_vectors=np.concatenate([np.asarray(index.frame_vectors[f_off[i] : f_off[i + 1]]) for i in part]),
+            memories=index.memories(part) if index.memory is not None else None,
+            sizes=column("size"),
+            mtimes_ns=column("mtime_ns"),
+            content_hashes=column("content_hash"),
         )
 
 
@@ -222,18 +310,21 @@ def write_index(
     feature_set: str,
     feature_fingerprint: str,
     progress: Progress | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> int:
     """Write a complete index from encoded chunks into a new folder and swap it in; returns the item count.
 
-    `build_index` feeds it chunks encoded from the feature store; benchmarks feed it
-    precomputed vectors and memories, so both write (and later read) the same format.
+    `build_index` feeds it chunks encoded from the feature store, `update_index` chunks
+    copied from the old index plus newly encoded ones, benchmarks precomputed vectors and
+    memories: all write (and later read) the same format. `extra` adds manifest keys.
     If anything fails (an encoder error, Ctrl-C), the previous index is left as it was.
     A folder that cannot be written is refused before any chunk is encoded.
     """
     check_writable(directory)
     with writer_lock(directory):
         return _write_locked(
-            directory, chunks, fast_identity, slow_identity, slow_width, params, feature_set, feature_fingerprint, progress
+            directory, chunks, fast_identity, slow_identity, slow_width, params, feature_set, feature_fingerprint,
+            progress, extra or {},
         )
 
 
@@ -247,7 +338,9 @@ def _write_locked(
     feature_set: str,
     feature_fingerprint: str,
     progress: Progress | None,
+    extra: dict[str, Any],
 ) -> int:
+    root = workspace_of(directory)
     tmp = _new_build_dir(directory)
     try:
         vectors, frame_vecs, frame_offsets, memory_offsets, tables = [], [], [0], [0], []
@@ -286,16 +379,17 @@ def _write_locked(
             "format": FORMAT,
             "name": directory.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "feature_set": feature_set,
+            "feature_set": _portable_path(feature_set, root),
             "feature_fingerprint": feature_fingerprint,
-            "fast": fast_identity,
-            "slow": slow_identity,
+            "fast": _portable_model(fast_identity, root),
+            "slow": _portable_model(slow_identity, root) if slow_identity is not None else None,
             "dim": int(all_vectors.shape[1]),
             "count": count,
             "images": kinds.count("image"),
             "videos": kinds.count("video"),
             "memory": {"width": int(slow_width), "rows": memory_offsets[-1]} if slow_identity is not None else None,
             "hnsw": hnsw_info,
+            **extra,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
         _swap_in(tmp, directory)
@@ -327,7 +421,7 @@ def build_index(
         raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
     write_index(
         directory,
-        _encoded_chunks(store, present, fast, slow),
+        _encoded_chunks(store, entries, present, fast, slow),
         fast_identity=fast.identity,
         slow_identity=slow.identity if slow is not None else None,
         slow_width=slow.width if slow is not None else None,
@@ -340,89 +434,76 @@ def build_index(
     return BuildReport(len(present), skipped, time.perf_counter() - started, str(directory))
 
 
-def add_to_index(
+def update_index(
     store: FeatureStore,
     directory: Path,
     fast: FastRetriever,
     slow: SlowRetriever | None,
     progress: Progress | None = None,
-) -> BuildReport:
-    """Add stored items the index does not hold yet, without re-encoding the others.
+) -> UpdateReport:
+    """Bring an index in line with its feature set: add new items, re-encode changed ones
+    (same id, another path, size, mtime or content hash), drop those gone from the store or from disk.
 
-    Works on a copy of the index folder that is swapped in at the end. Items already in
-    the index are kept as they are (a re-extracted file keeps its old vectors until a rebuild).
+    Unchanged items are copied from the old index (vectors, frame vectors, Slow memory) and
+    only added and changed ones are encoded; the HNSW graph is rebuilt from all vectors by
+    the same writer a build uses (docs/ARCHITECTURE.md gives the cost). Nothing is written
+    when nothing changed. An index from before items recorded their sources is re-encoded whole.
     """
     check_writable(directory)
     with writer_lock(directory):
-        return _add_locked(store, directory, fast, slow, progress)
+        started = time.perf_counter()
+        index = SearchIndex.open(directory)
+        index.check_models(fast, slow)
+        if slow is None and index.memory is not None:
+            raise FastslowError(
+                f"index {directory} caches Slow memory: pass its Slow model (--slow) so new items get theirs too"
+            )
+        if index.manifest["feature_fingerprint"] != store.fingerprint():
+            raise FastslowError(f"index {directory} was built from another feature set: rebuild it with `fastslow index build`")
+        live = {i: e for i, e in store.entries().items() if Path(e.path).exists()}
+        keep = _unchanged(index.items, live)
+        known = set(index.items["id"])
+        encode = sorted(i for i in live if i not in keep)
+        added = sum(1 for i in encode if i not in known)
+        removed = sum(1 for i in known if i not in live)
+        if not encode and not removed:
+            return UpdateReport(0, 0, 0, index.count, time.perf_counter() - started, str(directory))
+        if not live:
+            raise FastslowError(
+                f"feature set {store.directory} has no item left whose media file exists: "
+                "run `fastslow extract PATH` first, or remove the index"
+            )
+        manifest, hnsw = index.manifest, index.manifest["hnsw"]
+        kept = ("created", "alpha")  # what a rebuild would lose: when it was first built, a tuned alpha
+        count = _write_locked(
+            directory,
+            itertools.chain(_reused_chunks(index, sorted(keep.values())), _encoded_chunks(store, live, encode, fast, slow)),
+            fast.identity,
+            slow.identity if slow is not None else None,
+            slow.width if slow is not None else None,
+            AnnParams(M=hnsw["M"], ef_construction=hnsw["ef_construction"], ef_search=hnsw["ef_search"]),
+            str(store.directory),
+            store.fingerprint(),
+            progress,
+            {**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        )
+    return UpdateReport(added, len(encode) - added, removed, count, time.perf_counter() - started, str(directory))
 
 
-def _add_locked(
-    store: FeatureStore, directory: Path, fast: FastRetriever, slow: SlowRetriever | None, progress: Progress | None
-) -> BuildReport:
-    started = time.perf_counter()
-    index = SearchIndex.open(directory)
-    index.check_models(fast, slow)
-    if slow is None and index.memory is not None:
-        raise FastslowError(
-            f"index {directory} caches Slow memory: pass its Slow model (--slow) so new items get theirs too"
-        )
-    if index.manifest["feature_fingerprint"] != store.fingerprint():
-        raise FastslowError(f"index {directory} was built from another feature set: rebuild it with `fastslow index build`")
-    entries = store.entries()
-    known = set(index.items["id"])
-    new_ids = [i for i in sorted(entries) if i not in known and Path(entries[i].path).exists()]
-    if not new_ids:
-        return BuildReport(0, 0, time.perf_counter() - started, str(directory))
-    tmp = _new_build_dir(directory)
-    try:
-        for f in directory.iterdir():
-            if f.name not in (MEMORY,):
-                shutil.copy2(f, tmp / f.name)
-        shutil.copyfile(directory / MEMORY, tmp / MEMORY)
-        table = store.load(new_ids)
-        start = index.count
-        labels = np.arange(start, start + len(new_ids))
-        ann = AnnIndex.load(directory, index.manifest["hnsw"])
-        new_vectors = fast.encode_items(table)
-        ann.add(new_vectors, labels)
-        hnsw_info = ann.save(tmp)
-        items = pa.concat_tables([pq.read_table(directory / ITEMS), _items_table(table, labels)])
-        _write_parquet(items, tmp / ITEMS)
-        fv = np.concatenate([np.load(directory / FRAME_VECTORS), _frame_vectors(fast, table, new_vectors)])
-        f_off = list(np.load(directory / FRAME_OFFSETS))
-        for f in np.asarray(table.frames):
-            f_off.append(f_off[-1] + int(f))
-        _write_npy(fv.astype(np.float32), tmp / FRAME_VECTORS)
-        _write_npy(np.asarray(f_off, dtype=np.int64), tmp / FRAME_OFFSETS)
-        m_off = list(np.load(directory / OFFSETS))
-        if slow is not None:
-            with open(tmp / MEMORY, "ab") as fh:
-                for m in slow.encode_items(table):
-                    fh.write(np.ascontiguousarray(m, dtype=np.float16).tobytes())
-                    m_off.append(m_off[-1] + m.shape[0])
-                fh.flush()
-                os.fsync(fh.fileno())
-        _write_npy(np.asarray(m_off, dtype=np.int64), tmp / OFFSETS)
-        manifest = dict(index.manifest)
-        kinds = table.kinds
-        manifest.update(
-            count=int(start + len(new_ids)),
-            images=manifest["images"] + kinds.count("image"),
-            videos=manifest["videos"] + kinds.count("video"),
-            hnsw=hnsw_info,
-            updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
-        if manifest.get("memory"):
-            manifest["memory"] = {**manifest["memory"], "rows": int(m_off[-1])}
-        atomic_write_json(tmp / MANIFEST, manifest)
-        _swap_in(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if progress is not None:
-        progress(len(new_ids))
-    return BuildReport(len(new_ids), 0, time.perf_counter() - started, str(directory))
+SOURCE_KEYS = ("path", "size", "mtime_ns", "content_hash")
+
+
+def _unchanged(items: dict[str, list[Any]], live: dict[str, StoreEntry]) -> dict[str, int]:
+    """id -> label of the index items still built from their current store entry (none for an
+    index that did not record what its items were built from)."""
+    if not all(key in items for key in SOURCE_KEYS):
+        return {}
+    out: dict[str, int] = {}
+    for label, item_id in enumerate(items["id"]):
+        entry = live.get(item_id)
+        if entry is not None and all(getattr(entry, key) == items[key][label] for key in SOURCE_KEYS):
+            out[item_id] = label
+    return out
 
 
 # ----------------------------------------------------------------------------- reading
@@ -485,25 +566,70 @@ class SearchIndex:
     def count(self) -> int:
         return int(self.manifest["count"])
 
+    @property
+    def workspace(self) -> Path:
+        return workspace_of(self.directory)
+
+    @property
+    def feature_set_dir(self) -> Path:
+        """The feature set the index was built from (recorded relative to the workspace)."""
+        return self.workspace / self.manifest["feature_set"]  # an absolute path stays itself
+
+    def model_location(self, kind: str) -> str | None:
+        """Where to load the index's Fast or Slow model (None: no Slow model): a folder of this
+        index's own workspace, so a copied workspace never uses the original's models."""
+        identity = self.manifest.get(kind)
+        if identity is None:
+            return None
+        where = _resolved_model(identity, self.workspace)
+        if (identity.get("in_workspace") or os.path.isabs(where)) and not Path(where).exists():
+            raise FastslowError(
+                f"the {kind.capitalize()} model of index {self.directory}, {where}, no longer exists: "
+                f"rebuild the index with `{self.rebuild_command(None, None)}`"
+            )
+        return where
+
+    def rebuild_command(self, fast: dict[str, Any] | None, slow: dict[str, Any] | None) -> str:
+        """The `fastslow index build` line that rebuilds this index (with these model identities,
+        else the recorded ones), for error messages."""
+        fast = fast or self.manifest["fast"]
+        slow = slow or self.manifest.get("slow")
+        parts = ["fastslow", "index", "build", "--model", self._model_arg(fast)]
+        if slow is not None:
+            parts += ["--slow", self._model_arg(slow)]
+        features = self.feature_set_dir
+        if features.parent == self.workspace / "features" and features.name != "default":
+            parts += ["--set", features.name]
+        if self.directory.name != "default":
+            parts += ["--name", self.directory.name]
+        return shlex.join(parts)
+
+    def _model_arg(self, identity: dict[str, Any]) -> str:
+        """A model as `--model` takes it: a name under WORKSPACE/models, else its folder or hub id."""
+        where = _resolved_model(identity, self.workspace)
+        return Path(where).name if os.path.isabs(where) and Path(where).parent == self.workspace / "models" else where
+
     def check_models(self, fast: FastRetriever, slow: SlowRetriever | None) -> None:
         """Refuse models other than those the index was built with (vectors would not match)."""
-        built = self.manifest["fast"]
-        if built.get("content_hash") != fast.identity.get("content_hash"):
+        built_slow = self.manifest.get("slow")
+        if slow is not None and built_slow is None:
             raise FastslowError(
-                f"index {self.directory} was built with Fast model {built.get('path')}, not {fast.identity.get('path')}: "
-                "pass that model or rebuild the index with `fastslow index build --model ...`"
+                f"index {self.directory} has no Slow memory: rebuild it with `fastslow index build --slow MODEL` to re-rank"
             )
-        if slow is not None:
-            built_slow = self.manifest.get("slow")
-            if built_slow is None:
+        for kind, model, built in (("Fast", fast, self.manifest["fast"]), ("Slow", slow, built_slow)):
+            if model is None or built.get("content_hash") == model.identity.get("content_hash"):
+                continue
+            fix = self.rebuild_command(fast.identity, slow.identity if slow is not None else None)
+            recorded, given = _resolved_model(built, self.workspace), str(model.identity.get("path"))
+            if recorded == given:
                 raise FastslowError(
-                    f"index {self.directory} has no Slow memory: rebuild it with `fastslow index build --slow MODEL` to re-rank"
+                    f"the {kind} model at {given} was retrained or replaced since index {self.directory} was built: "
+                    f"rebuild the index with `{fix}`"
                 )
-            if built_slow.get("content_hash") != slow.identity.get("content_hash"):
-                raise FastslowError(
-                    f"index {self.directory} was built with Slow model {built_slow.get('path')}, not "
-                    f"{slow.identity.get('path')}: pass that model or rebuild the index"
-                )
+            raise FastslowError(
+                f"index {self.directory} was built with {kind} model {recorded}, not {given}: "
+                f"rebuild it with `{fix}` to search it with {given}"
+            )
 
     def memories(self, labels: Sequence[int]) -> list[np.ndarray]:
         """The cached Slow memory of these items: reads only their rows of the mmap."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,19 @@ class AnnIndex:
             if needed > capacity:
                 self._index.resize_index(max(needed, 2 * capacity))
             self._index.add_items(data, ids, num_threads=threads)
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray:
+        """The stored (unit) vectors of `labels`, (n, dim) float32: an index update copies
+        unchanged items' vectors instead of encoding them again."""
+        ids = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if not ids.size:
+            return np.empty((0, self.dim), np.float32)
+        with self._lock:
+            try:
+                data = self._index.get_items(ids, return_type="numpy")
+            except RuntimeError as exc:  # a label the index does not hold
+                raise FastslowError(f"{self._where()} lacks an item it should hold ({exc}): {REBUILD}") from exc
+        return np.asarray(data, dtype=np.float32).reshape(ids.size, self.dim)
 
     def query(self, vectors: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k labels (int64) and scores (float32), each (Q, k') with k' = min(k, count),

@@ -25,10 +25,14 @@ log-likelihood, or None when not re-ranked), for thresholds and analysis.
 A query none of whose words a native model knows reads as `[UNK]` alone and gets
 confident but arbitrary results: `vocabulary_warning` says so, for the caller to show.
 Hugging Face models are not checked (their sub-word tokenizers know every word in pieces).
+
+A result whose media file no longer exists is still returned, flagged `missing` (one
+stat per result), so a caller can say so; `fastslow index update` removes it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -56,6 +60,7 @@ class Result:
     fast_score: float
     slow_score: float | None
     timestamp: float | None
+    missing: bool = False  # the media file is gone since the index was built (`fastslow index update` drops it)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -183,6 +188,7 @@ class Searcher:
                     fast_score=float(fast_scores[rank]),
                     slow_score=slow_scores[rank],
                     timestamp=self.index.best_timestamp(label, qvec) if kind == "video" else None,
+                    missing=not os.path.exists(items["path"][label]),
                 )
             )
         return out
