@@ -1,0 +1,60 @@
+"""Smoke test of the benchmark scripts: each `--quick` run on tiny sizes writes the JSON the README quotes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastslow_cli.index import DEFAULT_EF
+from fastslow_cli.media.decode import AV_SEEK_MIN_FRAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "bench_search.py": ["--sizes", "200", "--train-images", "40", "--train-videos", "4", "--recall-queries", "50"],
+    "bench_decode.py": ["--width", "96", "--height", "64", "--seconds", "1", "--long-seconds", str(AV_SEEK_MIN_FRAMES / 25),
+                        "--frames", "4", "--extract-images", "4", "--extract-videos", "2", "--extract-copies", "1"],
+}
+
+
+def _run(script: str, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, os.fspath(ROOT / "benchmarks" / script), "--quick", "--out", os.fspath(out), *TINY[script]],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name = script.removeprefix("bench_").removesuffix(".py")
+    assert (out / f"{name}.md").read_text().startswith("# ")
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_write_their_results(tmp_path: Path) -> None:
+    search = _run("bench_search.py", tmp_path)
+    assert search["quick"] is True and search["params"]["hnsw"]["ef_search"] == DEFAULT_EF
+    assert "shared" in search["machine"]["shared_machine"] and search["machine"]["load_avg_at_end"]
+    (size,) = search["sizes"]
+    assert size["n"] == 200 and size["kinds"] == ["image", "video"]
+    for key in ("text_encoding", "fast_exact", "fast_hnsw", "slow_only_image", "slow_only_video", "rerank_image_20", "rerank_video_20"):
+        assert size["ms_per_query"][key] > 0
+    assert size["slow_only"]["image"]["extrapolated"] is False and size["slow_only"]["video"]["extrapolated"] is True
+    names = [r["name"] for r in size["references"]]
+    assert any(n.startswith("fastslow HNSW") for n in names) and "hnswlib BFIndex (brute force)" in names
+    if search["machine"]["faiss"] is not None:
+        assert "faiss IndexFlatIP" in names and any(n.startswith("faiss IndexHNSWFlat") for n in names)
+    assert all(0.0 <= r["recall@10_captions"] <= 1.0 for r in size["references"])
+    trained = search["trained"]
+    assert trained["items"] == 44 and trained["recall_captions"][0]["ef"] == 16
+    assert {"val_R@1", "val_chance_R@1", "collection_R@1_exact", f"collection_R@1_hnsw_ef{DEFAULT_EF}"} <= trained.keys()
+
+    decode = _run("bench_decode.py", tmp_path)
+    assert [s["case"] for s in decode["settings"]] == ["short", "long"]
+    assert [s["av_seek_path"] for s in decode["settings"]] == [False, True]
+    assert set(decode["settings"][1]["decoders"]) == {"decord", "av", "av_every_frame"}
+    assert [r["files"] for r in decode["extract"]] == ["synthetic images", "synthetic clips", "clips"]
+    assert all(r["ratio_2_over_1"] > 0 and set(r["items_per_s"]) == {"1", "2"} for r in decode["extract"])
