@@ -10,8 +10,8 @@
    the extract workers), alternating the order every round; long clips are also decoded
    by PyAV's decode-every-frame pass (its fallback, and what it did before seeking), to
    show what the seek path buys.
-2. Extract, end to end: `features.extract.run_extract` (discover, hash, decode in the
-   `media.pool.DecodePool` worker processes, pixel backbone, Parquet) on the same files
+2. Extract, end to end: `Workspace.extract` (`features.extract.run_extract`: discover,
+   hash, decode in the `media.pool.DecodePool` worker processes, pixel backbone, Parquet) on the same files
    with `workers=1` and `workers=2`, alternating, a fresh feature set each run: the demo's
    synthetic images and clips (`demo.synth.generate`), and copies of the short clips above.
 
@@ -35,8 +35,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+from fastslow_cli import Workspace
 from fastslow_cli.demo.synth import SynthConfig, generate
-from fastslow_cli.features.extract import ExtractOptions, run_extract
+from fastslow_cli.features.extract import ExtractOptions
 from fastslow_cli.media.decode import (
     AV_SEEK_MIN_FRAMES,
     Decoded,
@@ -46,7 +47,6 @@ from fastslow_cli.media.decode import (
     decode_video_decord,
     sample_indices,
 )
-from fastslow_cli.workspace import Workspace
 
 
 def decode_every_frame(path: Path, size: int, frames: int) -> Decoded:
@@ -148,15 +148,15 @@ def make_clips(folder: Path, count: int, seconds: float, args: argparse.Namespac
 
 
 def extract_rate(folder: Path, workspace: Workspace, set_name: str, workers: int) -> float:
-    """Items per second of one `run_extract` of `folder` into a fresh feature set."""
-    summary = run_extract([str(folder)], workspace, ExtractOptions(set_name=set_name, workers=workers, device="cpu"), progress=False)
+    """Items per second of one extract of `folder` into a fresh feature set."""
+    summary = workspace.extract([folder], set=set_name, workers=workers, device="cpu")
     if summary.failed or not summary.extracted:
         raise SystemExit(f"extract of {folder} failed: {summary.failed[:1] or 'no items extracted'}")
     return summary.extracted / summary.seconds
 
 
 def extract_throughput(tmp: Path, short_clips: list[Path], args: argparse.Namespace) -> list[dict]:
-    """Items/s of `run_extract` with 1 and 2 decode workers, alternating, on three file sets."""
+    """Items/s of `Workspace.extract` with 1 and 2 decode workers, alternating, on three file sets."""
     generate(tmp / "synth", SynthConfig(n_images=args.extract_images, n_videos=args.extract_videos, seed=0))
     copies = tmp / "clips"
     copies.mkdir()
@@ -239,7 +239,7 @@ def to_markdown(report: dict) -> str:
                          f"{r['source_frames_per_s']:.1f} | {r['clips_per_s']:.2f} | {ratio} | {diff} |")
     lines += [
         "", "## Extract: 1 vs 2 decode workers, same files", "",
-        f"`run_extract` end to end ({report['extract_frames_per_video']} frames per video, pixel backbone, decoder auto), "
+        f"`Workspace.extract` end to end ({report['extract_frames_per_video']} frames per video, pixel backbone, decoder auto), "
         f"a fresh feature set per run, worker counts alternated, median of {p['extract_repeats']} run(s) each. "
         "With 2 cores shared with other processes, the second worker can only help as much as a core is free.", "",
         "| files | items | 1 worker items/s | 2 workers items/s | 2 / 1 |", "|---|---:|---:|---:|---:|",

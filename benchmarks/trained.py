@@ -2,9 +2,9 @@
 
 Random-init or synthetic vectors say little about where trained text vectors fall
 relative to the item vectors (the case HNSW finds hardest: queries outside the item
-clusters). This trains one with the same calls a user's `fastslow train fast` makes:
-synthetic captioned media (`demo.synth.generate`), `features.extract.run_extract` into a
-feature store, `training.loop.train_fast` on the train split, selected on val.
+clusters). This trains one through the public API, as a user would: synthetic captioned
+media (`demo.synth.generate`), `Workspace.extract` (the real decode pool) and
+`Workspace.train("fast")` on the train split, selected on val.
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from fastslow_cli import Workspace
 from fastslow_cli.data.captioned_set import captioned_set
 from fastslow_cli.demo.synth import SynthConfig, generate
-from fastslow_cli.features.extract import ExtractOptions, run_extract
-from fastslow_cli.search.retrievers import NativeFast
-from fastslow_cli.store.parquet import FeatureStore
-from fastslow_cli.training.loop import TrainArgs, train_fast
-from fastslow_cli.workspace import Workspace
 
 
 @dataclass
@@ -39,7 +34,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def train_small_fast(tmp: Path, synth: SynthConfig, epochs: int, min_batch: int) -> TrainedVectors:
+def train_small_fast(tmp: Path, synth: SynthConfig, epochs: int, batch_size: int) -> TrainedVectors:
     """Generate, extract, train; return the trained model's vectors and how the run went."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -47,17 +42,14 @@ def train_small_fast(tmp: Path, synth: SynthConfig, epochs: int, min_batch: int)
     seconds["synth"] = time.perf_counter() - start
     workspace = Workspace(tmp / "workspace")
     start = time.perf_counter()
-    run_extract([str(tmp / "synth")], workspace, ExtractOptions(set_name="bench", device="cpu"), progress=False)
+    workspace.extract([tmp / "synth"], set="bench", device="cpu")
     seconds["extract"] = time.perf_counter() - start
-    data = captioned_set(FeatureStore(workspace.features_dir("bench")), captions, ["train", "val", "test"])
     start = time.perf_counter()
-    result = train_fast(
-        data.table, data.pairs["train"], data.pairs["val"], args=TrainArgs(epochs=epochs, min_batch=min_batch), device="cpu"
-    )
+    best = workspace.train("fast", captions, set="bench", epochs=epochs, batch_size=batch_size, seed=synth.seed, device="cpu").best
     seconds["train"] = time.perf_counter() - start
-    fast = NativeFast(result.model, result.tokenizer, {"path": "bench/trained"}, torch.device("cpu"))
+    fast = workspace.load_fast("fast", device="cpu")
+    data = captioned_set(workspace.store("bench"), captions, ["train", "val", "test"])  # every item, in one table
     held_out = data.pairs["val"] + data.pairs["test"]
-    best = result.best
     val_items = int(best.get("val_items", 0))
     return TrainedVectors(
         items=_unit(fast.encode_items(data.table)),
@@ -70,7 +62,7 @@ def train_small_fast(tmp: Path, synth: SynthConfig, epochs: int, min_batch: int)
             "train_captions": len(data.pairs["train"]),
             "query_captions": len(held_out),
             "epochs": epochs,
-            "batch_size": result.args.batch_size,
+            "batch_size": batch_size,
             "best_epoch": best.get("epoch"),
             "val_R@1": round(float(best.get("val_R@1", 0.0)), 1),
             "val_R@5": round(float(best.get("val_R@5", 0.0)), 1),
