@@ -52,7 +52,7 @@ from fastslow_cli.media.decode import (
 def decode_every_frame(path: Path, size: int, frames: int) -> Decoded:
     """PyAV without seeking: one pass decoding every frame, keeping the sampled ones."""
     picked, _ = _av_pass(path, size, sample_indices(_av_declared_frames(path), frames))
-    return Decoded(frames=np.stack([f for _, f in picked]), timestamps=[t for t, _ in picked], decoder="av", requested=frames)
+    return Decoded(frames=np.stack([f for _, f in picked]), timestamps=[t for t, _ in picked], decoder="av", requested=frames, kind="video")
 
 
 DecodeFn = Callable[[Path, int, int], Decoded]
