@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastslow_cli.store.parquet import FeatureTable
+
 CLIP_FRAMES = 24
 CLIP_FPS = 12
 CLIP_SIZE = 64
@@ -241,3 +243,21 @@ def plain_reads() -> Callable[[Path], dict[str, list[str]]]:
         }
 
     return read
+
+
+def _feature_table(levels: list[np.ndarray], frame_mask: np.ndarray) -> FeatureTable:
+    """A `FeatureTable` of feature levels (N, T, H, W, C) and a frame mask (N, T); ids "item000"..."""
+    mask = np.asarray(frame_mask, dtype=bool)
+    frames = mask.sum(1)
+    n = len(mask)
+    return FeatureTable(
+        ids=[f"item{i:03d}" for i in range(n)], paths=[f"item{i:03d}" for i in range(n)],
+        kinds=["image" if f == 1 else "video" for f in frames], frames=frames,
+        timestamps=[[0.5 * t for t in range(int(f))] for f in frames], levels=list(levels), frame_mask=mask,
+    )
+
+
+@pytest.fixture(scope="session")
+def feature_table() -> Callable[[list[np.ndarray], np.ndarray], FeatureTable]:
+    """feature_table(levels, frame_mask): an in-memory `FeatureTable` (no store on disk)."""
+    return _feature_table

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
 
 from fastslow_cli.training.distill import DistillArgs, build_candidates, distill, kl_loss, teacher_scores
-from fastslow_cli.eval.metrics import Features
 from fastslow_cli.models.checkpoint import load_model, save_model
+from fastslow_cli.models.encode import fast_batcher, slow_batcher
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.text.tokenizer import TextTokenizer
@@ -21,13 +19,7 @@ COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
 SHAPES = ["circle", "square", "star", "cross"]
 
 
-@dataclass
-class Table:
-    levels: list[np.ndarray]
-    frame_mask: np.ndarray
-
-
-def _data(n: int = 48, seed: int = 0):
+def _data(feature_table, n: int = 48, seed: int = 0):
     """Items whose features encode (colour, shape); a few are 3-frame videos. Splits 32/16."""
     rng = np.random.default_rng(seed)
     fine = np.zeros((n, 3, 4, 4, 8), np.float32)
@@ -48,10 +40,10 @@ def _data(n: int = 48, seed: int = 0):
         pairs[split].append((f"a {COLOURS[c]} {SHAPES[s]}", i))
         if split == "train":
             pairs[split].append((f"{SHAPES[s]} in {COLOURS[c]}", i))
-    return Table([fine, coarse], mask), pairs
+    return feature_table([fine, coarse], mask), pairs
 
 
-def _models(table: Table, pairs, seed: int = 0):
+def _models(table, pairs, seed: int = 0):
     tok = TextTokenizer.train(t for t, _ in pairs["train"] + pairs["val"])
     shapes = [list(lv.shape[2:]) for lv in table.levels]
     torch.manual_seed(seed)
@@ -68,14 +60,14 @@ def _args(**kw) -> DistillArgs:
 
 
 @pytest.fixture(scope="module")
-def setup():
-    table, pairs = _data()
+def setup(feature_table):
+    table, pairs = _data(feature_table)
     return table, pairs, *_models(table, pairs)
 
 
 def test_candidates_own_first_no_duplicates_right_sizes(setup):
     table, pairs, _, _, student, tok = setup
-    features = Features(table, [1])
+    features = fast_batcher(table)
     c = build_candidates(student, tok, features, pairs["train"], hard=3, random=4, seed=0)
     train_items = {i for _, i in pairs["train"]}
     assert c.sets.shape == (len(pairs["train"]), 8)
@@ -98,7 +90,7 @@ def test_candidates_own_first_no_duplicates_right_sizes(setup):
 
 def test_teacher_scores_match_score_matrix_and_memory_is_encoded_once(setup):
     table, pairs, teacher, tok, student, _ = setup
-    features = Features(table, [0, 1])
+    features = slow_batcher(table, 0)
     c = build_candidates(student, tok, features, pairs["train"][:10], hard=2, random=3, seed=1)
     calls = {"visual": 0}
     real = teacher.encode_visual
@@ -161,7 +153,7 @@ def test_distill_lowers_kl_scores_teacher_once_and_keeps_best(setup):
 
 def test_never_worse_than_the_initial_student(setup, monkeypatch):
     """When every epoch validates worse than the start, the start is returned, weights and all."""
-    import fastslow_cli.training.distill as D
+    import fastslow_cli.training.loop as D
 
     table, pairs, teacher, ttok, student, stok = setup
     real = D.evaluate_scores

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from fastslow_cli.eval.metrics import (
-    Features,
     evaluate_scores,
     find_twins,
     ranks_of_truth,
@@ -73,29 +72,6 @@ def test_evaluate_scores_reports_twins() -> None:
     scores = np.eye(3)
     out = evaluate_scores(scores, texts, [0, 1, 2])
     assert out["R@1"] == 100.0 and out["twin_acc"] == 100.0 and out["twins"] == 2
-
-
-class _Table:
-    def __init__(self, frames: list[int]) -> None:
-        t = max(frames)
-        self.frame_mask = np.arange(t)[None, :] < np.array(frames)[:, None]
-        self.levels = [np.arange(len(frames) * t * 2 * 2 * 3, dtype=np.float16).reshape(len(frames), t, 2, 2, 3)]
-
-
-def test_feature_batches_group_images_and_videos_and_trim_frames() -> None:
-    feats = Features(_Table([1, 3, 1, 2, 1]), [0])
-    items = np.array([0, 1, 2, 3, 4])
-    batches = feats.batches(items, 2)
-    assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2, 3, 4]
-    for b in batches:
-        frames = feats.frames[items[b]]
-        assert (frames == 1).all() or (frames > 1).all()
-    levels, mask = feats.load(np.array([0, 2]))
-    assert levels[0].shape == (2, 1, 2, 2, 3) and mask.shape == (2, 1)
-    levels, mask = feats.load(np.array([3, 1]))
-    assert levels[0].shape == (2, 3, 2, 2, 3) and mask.sum(1).tolist() == [2, 3]
-    shuffled = feats.batches(items, 2, np.random.default_rng(0))
-    assert sorted(np.concatenate(shuffled).tolist()) == [0, 1, 2, 3, 4]
 
 
 def _eval_rows(slow_ms: float, rerank_ms: float) -> list[dict]:

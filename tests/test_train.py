@@ -3,25 +3,22 @@ beats chance several times over, runs are repeatable, images and clips mix."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.eval.metrics import (
-    Features,
-    evaluate_scores,
-    fast_score_matrix,
-    fast_visual_vectors,
-    slow_memory,
-    slow_score_matrix,
-)
+from fastslow_cli.eval.metrics import evaluate_scores, fast_score_matrix, slow_score_matrix
 from fastslow_cli.features.backbones import PixelBackbone
 from fastslow_cli.models.fast import FastConfig
 from fastslow_cli.models.slow import SlowConfig
-from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
+from fastslow_cli.search.retrievers import NativeFast, NativeSlow
+from fastslow_cli.store.parquet import FeatureTable
+from fastslow_cli.training.fast import train_fast
+from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch
+from fastslow_cli.training.slow import train_slow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
@@ -29,17 +26,11 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), 
 SIZE = 16
 
 
-@dataclass
-class Table:
-    levels: list[np.ndarray]
-    frame_mask: np.ndarray
-
-
 def _square(img: np.ndarray, x: int, y: int, rgb: tuple[int, int, int]) -> None:
     img[y : y + 5, x : x + 5] = rgb
 
 
-def make_data(n_images: int, n_clips: int, seed: int, frames: int = 4) -> tuple[Table, list[tuple[str, int]]]:
+def make_data(feature_table, n_images: int, n_clips: int, seed: int, frames: int = 4) -> tuple[FeatureTable, list[tuple[str, int]]]:
     """Images: two coloured squares, "red left of blue"; clips: one square, "green moving right"."""
     rng = np.random.default_rng(seed)
     names = list(COLOURS)
@@ -70,12 +61,12 @@ def make_data(n_images: int, n_clips: int, seed: int, frames: int = 4) -> tuple[
         for lv, x in zip(levels, backbone(m)):
             lv[i, : len(m)] = x
         mask[i, : len(m)] = True
-    return Table(levels, mask), [(t, i) for i, t in enumerate(texts)]
+    return feature_table(levels, mask), [(t, i) for i, t in enumerate(texts)]
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[Table, list, list, list]:
-    table, pairs = make_data(360, 0, seed=0)
+def data(feature_table) -> tuple[FeatureTable, list, list, list]:
+    table, pairs = make_data(feature_table, 360, 0, seed=0)
     test, seen = [], set()
     for text, item in pairs[320:]:  # one item per caption: the ground truth is exact
         if text not in seen:
@@ -85,15 +76,14 @@ def data() -> tuple[Table, list, list, list]:
 
 
 def _held_out(result, table, test, kind: str) -> dict:
-    items = np.array([i for _, i in test])
+    items = table.subset([i for _, i in test])
     texts = [t for t, _ in test]
-    feats = Features(table, range(len(table.levels)))
+    cpu = torch.device("cpu")
     if kind == "fast":
-        scores, _ = fast_score_matrix(result.model, result.tokenizer, texts, fast_visual_vectors(result.model, feats, items))
+        scores, _ = fast_score_matrix(NativeFast(result.model, result.tokenizer, {}, cpu), items, texts)
     else:
-        memory, mask = slow_memory(result.model, feats, items)
-        scores, _ = slow_score_matrix(result.model, result.tokenizer, texts, memory, mask)
-    return evaluate_scores(scores, texts, np.arange(len(items)))
+        scores, _ = slow_score_matrix(NativeSlow(result.model, result.tokenizer, {}, cpu), items, texts)
+    return evaluate_scores(scores, texts, np.arange(len(texts)))
 
 
 def test_fast_loss_falls_and_beats_chance(data) -> None:
@@ -134,8 +124,8 @@ def test_training_is_repeatable_for_a_seed(data) -> None:
         assert torch.equal(x, y), name
 
 
-def test_images_and_clips_train_together() -> None:
-    table, pairs = make_data(60, 40, seed=1)
+def test_images_and_clips_train_together(feature_table) -> None:
+    table, pairs = make_data(feature_table, 60, 40, seed=1)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(pairs))
     train = [pairs[i] for i in order[:80]]

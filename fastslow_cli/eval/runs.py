@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastslow_cli.data.captioned_set import CaptionedSet
-from fastslow_cli.eval.metrics import evaluate_scores, find_twins
+from fastslow_cli.eval.metrics import evaluate_scores, fast_score_matrix, find_twins, slow_score_matrix
 from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
 from fastslow_cli.store.parquet import FeatureStore
 
@@ -29,22 +29,6 @@ Status = Callable[[str], None]
 def _row(method: str, scores: np.ndarray, texts: Sequence[str], gt: np.ndarray, twins: Any, seconds: float) -> dict[str, Any]:
     metrics = evaluate_scores(scores, texts, gt, twins)
     return {"method": method, **metrics, "ms_per_query": round(1000.0 * seconds / max(len(texts), 1), 3)}
-
-
-def fast_scores(fast: FastRetriever, data: CaptionedSet, texts: Sequence[str]) -> tuple[np.ndarray, float]:
-    """(Q, N) exact Fast scores and the query-side seconds (item vectors are an index's job)."""
-    items = fast.encode_items(data.table)
-    start = time.perf_counter()
-    scores = fast.encode_texts(texts) @ items.T
-    return scores, time.perf_counter() - start
-
-
-def slow_scores(slow: SlowRetriever, data: CaptionedSet, texts: Sequence[str]) -> tuple[np.ndarray, float]:
-    """(Q, N) Slow scores of every pair; memories are computed first (as an index caches them)."""
-    memories = slow.encode_items(data.table)
-    start = time.perf_counter()
-    scores = slow.score(texts, memories)
-    return scores, time.perf_counter() - start
 
 
 def rerank_scores(
@@ -66,7 +50,7 @@ def rerank_scores(
         index = SearchIndex.open(directory)
         searcher = Searcher(index, fast, slow)
         row_of = {item_id: r for r, item_id in enumerate(data.table.ids)}
-        exact, _ = fast_scores(fast, data, texts)
+        exact, _ = fast_score_matrix(fast, data.table, texts)
         n = exact.shape[1]
         out = exact - exact.max() - 1.0  # everything below the re-ranked head, in Fast order
         start = time.perf_counter()
@@ -106,11 +90,11 @@ def run_eval(
     say = status or (lambda _msg: None)
     methods: list[tuple[str, Callable[[], tuple[np.ndarray, float]]]] = []
     if fast is not None:
-        methods.append(("fast", lambda: fast_scores(fast, data, texts)))
+        methods.append(("fast", lambda: fast_score_matrix(fast, data.table, texts)))
     if distilled is not None:
-        methods.append(("distilled", lambda: fast_scores(distilled, data, texts)))
+        methods.append(("distilled", lambda: fast_score_matrix(distilled, data.table, texts)))
     if slow is not None:
-        methods.append(("slow", lambda: slow_scores(slow, data, texts)))
+        methods.append(("slow", lambda: slow_score_matrix(slow, data.table, texts)))
     for method, compute in methods:
         say(method)
         scores, seconds = compute()

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from fastslow_cli.models.encode import fast_batcher, fast_item_vectors, fast_text_vectors, slow_batcher, slow_item_memories
 from fastslow_cli.store.parquet import FeatureTable
 
 # Items padded and scored per step by `NativeSlow.score`; a multiple of `score_matrix`'s
@@ -52,30 +53,6 @@ class SlowRetriever(Protocol):
     def encode_items(self, table: FeatureTable, batch_size: int = 64) -> list[np.ndarray]: ...
 
     def score(self, texts: Sequence[str], memories: Sequence[np.ndarray]) -> np.ndarray: ...
-
-
-def table_batches(table: FeatureTable, batch_size: int) -> list[np.ndarray]:
-    """Row indices in batches of items with equal frame counts (no padding work), in order."""
-    frames = np.asarray(table.frames)
-    order = np.argsort(frames, kind="stable")
-    out: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        t = frames[order[start]]
-        end = start
-        while end < len(order) and frames[order[end]] == t and end - start < batch_size:
-            end += 1
-        out.append(order[start:end])
-        start = end
-    return out
-
-
-def batch_levels(table: FeatureTable, idx: np.ndarray, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Float32 level tensors (B, T, H, W, C) and frame mask (B, T) of rows `idx`, trimmed to their frames."""
-    t = int(np.asarray(table.frames)[idx].max())
-    levels = [torch.from_numpy(np.asarray(lv[idx, :t], dtype=np.float32)).to(device) for lv in table.levels]
-    mask = torch.from_numpy(np.asarray(table.frame_mask)[idx, :t].copy()).to(device)
-    return levels, mask
 
 
 def pad_memories(memories: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,18 +87,13 @@ class NativeFast(_WordVocabulary):
         self.device = device
         self.dim = int(model.config.dim)
 
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        ids, mask = self.tokenizer.encode_batch(list(texts))
-        return self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
+        return fast_text_vectors(self.model, self.tokenizer, texts, self.device).cpu().numpy()
 
     @torch.inference_mode()
     def encode_items(self, table: FeatureTable, batch_size: int = 256) -> np.ndarray:
-        out = np.zeros((len(table.ids), self.dim), dtype=np.float32)
-        for idx in table_batches(table, batch_size):
-            levels, mask = batch_levels(table, idx, self.device)
-            out[idx] = self.model.encode_visual(levels, mask).float().cpu().numpy()
-        return out
+        rows = np.arange(len(table.ids))
+        return fast_item_vectors(self.model, fast_batcher(table), rows, self.device, batch_size).cpu().numpy()
 
 
 class NativeSlow(_WordVocabulary):
@@ -138,15 +110,9 @@ class NativeSlow(_WordVocabulary):
 
     @torch.inference_mode()
     def encode_items(self, table: FeatureTable, batch_size: int = 64) -> list[np.ndarray]:
-        out: list[np.ndarray] = [np.empty(0)] * len(table.ids)
-        for idx in table_batches(table, batch_size):
-            levels, mask = batch_levels(table, idx, self.device)
-            memory, memory_mask = self.model.encode_visual(levels, mask)
-            memory = memory.to(torch.float16).cpu().numpy()
-            memory_mask = memory_mask.cpu().numpy()
-            for row, i in enumerate(idx):
-                out[i] = memory[row][memory_mask[row]]
-        return out
+        batcher = slow_batcher(table, self.model.config.finest_level)
+        memories = slow_item_memories(self.model, batcher, np.arange(len(table.ids)), self.device, batch_size)
+        return [m.to(torch.float16).cpu().numpy() for m in memories]
 
     @torch.inference_mode()
     def score(self, texts: Sequence[str], memories: Sequence[np.ndarray]) -> np.ndarray:

@@ -23,28 +23,27 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastslow_cli.eval.metrics import Features, evaluate_scores
+from fastslow_cli.models.encode import fast_batcher, fast_item_vectors, fast_text_vectors, slow_batcher, slow_item_memories
 from fastslow_cli.models.fast import FastModel
 from fastslow_cli.models.slow import SlowModel
+from fastslow_cli.store.batches import Batcher
+from fastslow_cli.store.parquet import FeatureTable
 from fastslow_cli.text.tokenizer import TextTokenizer
+from fastslow_cli.training.fast import fast_validator
 from fastslow_cli.training.loop import (
     Callback,
     Pair,
+    Step,
     TrainArgs,
     TrainResult,
-    _check_pairs,
-    _emit,
-    _epoch_record,
-    _Optimiser,
-    _Selection,
-    _ValSet,
-    fit_batch,
+    ValSet,
+    check_pairs,
+    train_loop,
 )
 
 
@@ -79,34 +78,10 @@ class Candidates:
     sets: np.ndarray  # (Q, 1 + hard + random) table rows, column 0 = own item
 
 
-def _to(levels: list[torch.Tensor], mask: torch.Tensor, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
-    return [lv.to(device) for lv in levels], mask.to(device)
-
-
-def _visual(
-    model: FastModel, features: Features, items: np.ndarray, device: torch.device, batch: int = 256
-) -> torch.Tensor:
-    """Student vectors (N, dim) of rows `items`, in order; images and videos batched apart (no padding waste)."""
-    out: list[tuple[np.ndarray, torch.Tensor]] = []
-    for pos in features.batches(items, batch):
-        out.append((pos, model.encode_visual(*_to(*features.load(items[pos]), device))))
-    order = np.concatenate([p for p, _ in out])
-    vectors = torch.cat([v for _, v in out])
-    return vectors[torch.as_tensor(np.argsort(order), device=device)]
-
-
-def _text(model: FastModel, tokenizer: TextTokenizer, texts: Sequence[str], device: torch.device, batch: int = 512) -> torch.Tensor:
-    rows = []
-    for i in range(0, len(texts), batch):
-        ids, mask = tokenizer.encode_batch(texts[i : i + batch])
-        rows.append(model.encode_text(ids.to(device), mask.to(device)))
-    return torch.cat(rows)
-
-
 def build_candidates(
     student: FastModel,
     tokenizer: TextTokenizer,
-    features: Features,
+    batcher: Batcher,
     pairs: Sequence[Pair],
     hard: int,
     random: int,
@@ -131,12 +106,12 @@ def build_candidates(
     sets[:, 0] = own
     student.eval()
     with torch.inference_mode():
-        visual = _visual(student, features, pool, device) if hard else None
+        visual = fast_item_vectors(student, batcher, pool, device) if hard else None
         for q0 in range(0, len(texts), 1024):
             q1 = min(q0 + 1024, len(texts))
             block = np.empty((q1 - q0, 0), dtype=np.int64)
             if hard:
-                sims = _text(student, tokenizer, texts[q0:q1], device) @ visual.T
+                sims = fast_text_vectors(student, tokenizer, texts[q0:q1], device) @ visual.T
                 sims[torch.arange(q1 - q0), torch.as_tensor(own_col[q0:q1])] = -torch.inf
                 block = sims.topk(hard, dim=1).indices.cpu().numpy()
             for r in range(q1 - q0):
@@ -169,7 +144,7 @@ def _sample_excluding(rng: np.random.Generator, n: int, taken: np.ndarray, k: in
 def teacher_scores(
     teacher: SlowModel,
     tokenizer: TextTokenizer,
-    features: Features,
+    batcher: Batcher,
     candidates: Candidates,
     device: torch.device | None = None,
     token_budget: int = 65536,
@@ -183,11 +158,7 @@ def teacher_scores(
     device = device or torch.device("cpu")
     teacher.eval()
     items = np.unique(candidates.sets)
-    memories: dict[int, torch.Tensor] = {}
-    for pos in features.batches(items, 64):
-        memory, mask = teacher.encode_visual(*_to(*features.load(items[pos]), device))
-        for row, m, k in zip(items[pos], memory, mask):
-            memories[int(row)] = m[: int(k.sum())]  # valid tokens lead (frame-major, padding frames last)
+    memories = dict(zip(items.tolist(), slow_item_memories(teacher, batcher, items, device)))
     ids, mask = tokenizer.encode_batch(candidates.texts)
     ids, mask = ids.to(device), mask.to(device).to(torch.bool)
     flat_items = candidates.sets.reshape(-1)
@@ -233,7 +204,7 @@ def kl_loss(teacher: torch.Tensor, student: torch.Tensor, temperature: float) ->
 
 
 def distill(
-    table: Any,
+    table: FeatureTable,
     train_pairs: Sequence[Pair],
     val_pairs: Sequence[Pair],
     teacher: SlowModel,
@@ -252,74 +223,46 @@ def distill(
     args = args or DistillArgs()
     device = device or torch.device("cpu")
     n = len(table.frame_mask)
-    _check_pairs(train_pairs, n, "train")
-    _check_pairs(val_pairs, n, "val")
+    check_pairs(train_pairs, n, "train")
+    check_pairs(val_pairs, n, "val")
     torch.manual_seed(args.seed)
     model = copy.deepcopy(student).to(device)
     teacher = teacher.to(device).eval()
-    n_levels = len(table.levels)
-    s_features = Features(table, [n_levels - 1])
-    t_features = Features(table, list(range(teacher.config.finest_level, n_levels)))
-    val = _ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
-
-    def validate() -> dict[str, Any]:
-        model.eval()
-        with torch.inference_mode():
-            visual = _visual(model, s_features, val.items, device)
-            scores = (_text(model, student_tokenizer, val.texts, device) @ visual.T).cpu().numpy()
-        return evaluate_scores(scores, val.texts, val.gt, val.twins)
+    s_batcher = fast_batcher(table)
+    t_batcher = slow_batcher(table, teacher.config.finest_level)
+    val = ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
+    validate = fast_validator(model, student_tokenizer, table, val, device)
 
     start = time.perf_counter()
-    cands = build_candidates(model, student_tokenizer, s_features, train_pairs, args.hard, args.random, args.seed, device)
+    cands = build_candidates(model, student_tokenizer, s_batcher, train_pairs, args.hard, args.random, args.seed, device)
     mining = time.perf_counter() - start
     t0 = time.perf_counter()
-    targets = standardise(teacher_scores(teacher, teacher_tokenizer, t_features, cands, device, args.teacher_token_budget))
+    targets = standardise(teacher_scores(teacher, teacher_tokenizer, t_batcher, cands, device, args.teacher_token_budget))
     teaching = time.perf_counter() - t0
 
-    by_item: dict[int, list[int]] = {}
-    for q, it in enumerate(cands.items):
-        by_item.setdefault(int(it), []).append(q)
-    items = np.array(sorted(by_item))
-    args = fit_batch(args, len(items))
-    rng = np.random.default_rng(args.seed)
-    optimiser = _Optimiser(model, args, s_features, items)
-    selection = _Selection(model, callback)
-    selection.add({
-        "epoch": 0,
-        "step": 0,
-        **{f"val_{k}": v for k, v in validate().items()},
-        "teacher_pairs": int(cands.sets.size),
-        "teacher_seconds": round(teaching, 2),
-        "mining_seconds": round(mining, 2),
-        "seconds": round(time.perf_counter() - start, 2),
-    })
     pool = np.unique(cands.sets)
     col_of = np.full(n, -1, dtype=np.int64)
     col_of[pool] = np.arange(len(pool))
-    for epoch in range(1, args.epochs + 1):
+    cache = torch.empty(0)
+
+    def refresh(_epoch: int) -> None:
+        """Candidates' vectors, refreshed once per epoch (only the batch's own items get gradients)."""
+        nonlocal cache
         model.eval()
-        with torch.inference_mode():  # candidates' vectors, refreshed once per epoch
-            cache = _visual(model, s_features, pool, device).clone()
-        model.train()
-        losses: dict[str, list[float]] = {"loss": [], "kl": [], "contrastive": []}
-        for pos in s_features.batches(items, args.batch_size, rng):
-            if len(pos) < 2:
-                continue
-            qs = np.array([by_item[int(i)][rng.integers(len(by_item[int(i)]))] for i in items[pos]])
-            own = model.encode_visual(*_to(*s_features.load(items[pos]), device))
-            others = cache[torch.as_tensor(col_of[cands.sets[qs, 1:]], device=device)]
-            visual = torch.cat([own[:, None], others], dim=1)
-            ids, mask = student_tokenizer.encode_batch([cands.texts[q] for q in qs])
-            text = model.encode_text(ids.to(device), mask.to(device))
-            scale = model.logit_scale.clamp(max=float(np.log(100.0))).exp()
-            logits = scale * torch.einsum("bd,bcd->bc", text, visual)
-            kl = kl_loss(targets[torch.as_tensor(qs)].to(device), logits, args.temperature)
-            contrastive = model.contrastive_loss(text, own)
-            loss = args.kl_weight * kl + args.contrastive_weight * contrastive
-            optimiser.step(loss)
-            for k, v in (("loss", loss), ("kl", kl), ("contrastive", contrastive)):
-                losses[k].append(float(v.detach()))
-            _emit(callback, {"event": "step", "epoch": epoch, "step": optimiser.steps, "total_steps": optimiser.total,
-                             "loss": losses["loss"][-1]})
-        selection.add(_epoch_record(epoch, optimiser, losses, validate(), start))
-    return selection.result(student_tokenizer, args)
+        cache = fast_item_vectors(model, s_batcher, pool, device).clone()
+
+    def step_loss(step: Step) -> tuple[torch.Tensor, dict[str, float]]:
+        own = model.encode_visual(step.levels, step.frame_mask)
+        others = cache[torch.as_tensor(col_of[cands.sets[step.pairs, 1:]], device=device)]
+        visual = torch.cat([own[:, None], others], dim=1)
+        text = model.encode_text(step.ids, step.mask)
+        scale = model.logit_scale.clamp(max=float(np.log(100.0))).exp()
+        logits = scale * torch.einsum("bd,bcd->bc", text, visual)
+        kl = kl_loss(targets[torch.as_tensor(step.pairs)].to(device), logits, args.temperature)
+        contrastive = model.contrastive_loss(text, own)
+        loss = args.kl_weight * kl + args.contrastive_weight * contrastive
+        return loss, {"kl": float(kl.detach()), "contrastive": float(contrastive.detach())}
+
+    cost = {"teacher_pairs": int(cands.sets.size), "teacher_seconds": round(teaching, 2), "mining_seconds": round(mining, 2)}
+    return train_loop(model, student_tokenizer, s_batcher, train_pairs, args, step_loss, validate, callback, device,
+                      parts=("kl", "contrastive"), before_epoch=refresh, validate_start=cost, started=start)

@@ -1,12 +1,14 @@
-"""Training loops for the Fast and Slow models on stored features and matched captions.
+"""The one training loop, which `training.fast`, `training.slow` and `training.distill` configure.
 
-Both loops share the recipe: an epoch is one pass over the training *items* (one of
+Every run shares the recipe: an epoch is one pass over the training *items* (one of
 each item's captions, drawn at random, so a batch never holds two captions of one item
 as false negatives); batches hold items of one kind (single-frame images, or multi-frame
 videos padded to the batch's longest) so images are not padded to video length;
 AdamW with linear warm-up and cosine decay; after each epoch the model is measured on
 (a fixed subset of) the validation split and the best state by val R@1 (then R@5) is
 kept. Everything random draws from generators seeded by `seed`, so a run is repeatable.
+A run supplies its step loss and its validation (`validator` over the score matrix
+`fastslow eval` uses), and optionally a per-epoch hook and an epoch-0 record of the start.
 """
 
 from __future__ import annotations
@@ -22,17 +24,8 @@ import numpy as np
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.eval.metrics import (
-    Features,
-    evaluate_scores,
-    fast_score_matrix,
-    fast_visual_vectors,
-    find_twins,
-    slow_memory,
-    slow_score_matrix,
-)
-from fastslow_cli.models.fast import FastConfig, FastModel
-from fastslow_cli.models.slow import SlowConfig, SlowModel
+from fastslow_cli.eval.metrics import evaluate_scores, find_twins
+from fastslow_cli.store.batches import Batcher
 from fastslow_cli.text.tokenizer import TextTokenizer
 
 if TYPE_CHECKING:
@@ -40,6 +33,7 @@ if TYPE_CHECKING:
 
 Callback = Callable[[dict[str, Any]], None]
 Pair = tuple[str, int]  # (caption text, row of the item in the feature table)
+ScoreMatrix = Callable[["FeatureTable", Sequence[str]], "tuple[np.ndarray, float]"]
 A = TypeVar("A", bound="TrainArgs")
 
 
@@ -105,7 +99,8 @@ def fit_batch(args: A, n_items: int) -> A:
     return replace(args, batch_size=int(min(args.batch_size, max(args.min_batch, fit, 2))))
 
 
-def _check_pairs(pairs: Sequence[Pair], n_items: int, split: str) -> None:
+def check_pairs(pairs: Sequence[Pair], n_items: int, split: str) -> None:
+    """Refuse an empty split (one-line error) or pairs pointing outside the table."""
     if not pairs:
         raise FastslowError(f"no {split} captions matched a stored item: check the captions file's {split} split")
     bad = [i for _, i in pairs if not 0 <= i < n_items]
@@ -128,16 +123,16 @@ def _schedule(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
 
 
-class _Optimiser:
+class Optimiser:
     """AdamW (no weight decay on biases, norms, position tables and the temperature) with
     linear warm-up and cosine decay over the run's steps, and gradient clipping.
 
-    `items` and `features` give the run's length: an epoch is one pass over `items` in
+    `items` and `batcher` give the run's length: an epoch is one pass over `items` in
     batches of `args.batch_size` (single-item batches are skipped).
     """
 
-    def __init__(self, model: torch.nn.Module, args: TrainArgs, features: Features, items: np.ndarray) -> None:
-        batches = features.batches(items, args.batch_size, np.random.default_rng(0))
+    def __init__(self, model: torch.nn.Module, args: TrainArgs, batcher: Batcher, items: np.ndarray) -> None:
+        batches = batcher.shuffled(items, args.batch_size, np.random.default_rng(0))
         self.total = max(1, len([b for b in batches if len(b) > 1]) * args.epochs)
         self.model = model
         decay, no_decay = [], []
@@ -161,7 +156,7 @@ class _Optimiser:
         return float(self.sched.get_last_lr()[0])
 
 
-class _Selection:
+class Selection:
     """Epoch records (emitted to `callback`) and the model state of the best epoch by val
     R@1, then R@5; `result` puts that state back into the model."""
 
@@ -188,7 +183,7 @@ class _Selection:
 
 
 def _epoch_record(
-    epoch: int, optimiser: _Optimiser, losses: dict[str, list[float]], metrics: dict[str, Any], start: float
+    epoch: int, optimiser: Optimiser, losses: dict[str, list[float]], metrics: dict[str, Any], start: float
 ) -> dict[str, Any]:
     """One epoch's line of `train_log.jsonl`: mean losses, val metrics, lr, elapsed seconds."""
     return {
@@ -201,7 +196,7 @@ def _epoch_record(
     }
 
 
-class _ValSet:
+class ValSet:
     """A fixed validation subset: items and their captions, with twins found once."""
 
     def __init__(self, pairs: Sequence[Pair], max_items: int, max_texts: int, seed: int) -> None:
@@ -221,53 +216,92 @@ class _ValSet:
         self.twins = find_twins(self.texts, self.gt)
 
 
-def _to_device(batch: tuple[list[torch.Tensor], torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
-    levels, frame_mask = batch
-    return [lv.to(device) for lv in levels], frame_mask.to(device)
-
-
-def _epoch_texts(by_item: dict[int, list[str]], items: np.ndarray, rng: np.random.Generator) -> list[str]:
-    return [by_item[int(i)][rng.integers(len(by_item[int(i)]))] for i in items]
-
-
 def _emit(callback: Callback | None, event: dict[str, Any]) -> None:
     if callback is not None:
         callback(event)
 
 
-def _run(
+@dataclass
+class Step:
+    """One training batch: table rows, the train pair drawn for each, their features and tokens."""
+
+    rows: np.ndarray  # (B,) table rows
+    pairs: np.ndarray  # (B,) index into the run's train pairs of each row's caption this epoch
+    levels: list[torch.Tensor]
+    frame_mask: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
+StepLoss = Callable[[Step], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+def validator(val: ValSet, table: FeatureTable, score_matrix: ScoreMatrix) -> Callable[[], dict[str, Any]]:
+    """Validation metrics of `val` by `score_matrix` (`eval.metrics.fast_score_matrix` or
+    `slow_score_matrix` over a retriever of the model in training): what `fastslow eval` measures."""
+    table = table.subset(val.items)  # once per run: the same items every epoch
+
+    def validate() -> dict[str, Any]:
+        scores, _ = score_matrix(table, val.texts)
+        return evaluate_scores(scores, val.texts, val.gt, val.twins)
+
+    return validate
+
+
+def train_loop(
     model: torch.nn.Module,
     tokenizer: TextTokenizer,
-    features: Features,
+    batcher: Batcher,
     train_pairs: Sequence[Pair],
-    val: _ValSet,
     args: TrainArgs,
-    step_loss: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    step_loss: StepLoss,
     validate: Callable[[], dict[str, Any]],
-    callback: Callback | None,
-    device: torch.device,
+    callback: Callback | None = None,
+    device: torch.device | None = None,
+    *,
+    parts: Sequence[str] = (),
+    before_epoch: Callable[[int], None] | None = None,
+    validate_start: dict[str, Any] | None = None,
+    started: float | None = None,
 ) -> TrainResult:
-    """The loop shared by both models: epochs of batches, validation, best-state selection."""
-    by_item = _by_item(train_pairs)
+    """Epochs of batches, validation, best-state selection; the best state is returned.
+
+    `step_loss` returns the batch loss and named parts to log (`parts` names them in log
+    order); `before_epoch(epoch)` runs before each epoch's batches; `validate_start`, when
+    given, validates the untrained model as epoch 0 with these extra fields in its record
+    (so the run never returns a model worse on val than its start). `started` is the
+    `perf_counter` time the run's "seconds" count from (default: now).
+    """
+    device = device or torch.device("cpu")
+    start = time.perf_counter() if started is None else started
+    by_item: dict[int, list[int]] = {}
+    for q, (_, item) in enumerate(train_pairs):
+        by_item.setdefault(int(item), []).append(q)
     items = np.array(sorted(by_item))
     args = fit_batch(args, len(items))
     rng = np.random.default_rng(args.seed)
-    optimiser = _Optimiser(model, args, features, items)
-    selection = _Selection(model, callback)
-    start = time.perf_counter()
+    optimiser = Optimiser(model, args, batcher, items)
+    selection = Selection(model, callback)
+    if validate_start is not None:
+        model.eval()
+        metrics = {f"val_{k}": v for k, v in validate().items()}
+        selection.add({"epoch": 0, "step": 0, **metrics, **validate_start, "seconds": round(time.perf_counter() - start, 2)})
     for epoch in range(1, args.epochs + 1):
+        if before_epoch is not None:
+            before_epoch(epoch)
         model.train()
-        losses: dict[str, list[float]] = {"loss": []}
-        for pos in features.batches(items, args.batch_size, rng):
+        losses: dict[str, list[float]] = {"loss": [], **{k: [] for k in parts}}
+        for pos in batcher.shuffled(items, args.batch_size, rng):
             if len(pos) < 2:
                 continue
-            idx = items[pos]
-            levels, frame_mask = _to_device(features.load(idx), device)
-            ids, mask = (t.to(device) for t in tokenizer.encode_batch(_epoch_texts(by_item, idx, rng)))
-            loss, parts = step_loss(levels, frame_mask, ids, mask)
+            rows = items[pos]
+            levels, frame_mask = batcher.load(rows, device)
+            qs = np.array([by_item[int(i)][rng.integers(len(by_item[int(i)]))] for i in rows])
+            ids, mask = (t.to(device) for t in tokenizer.encode_batch([train_pairs[q][0] for q in qs]))
+            loss, logged = step_loss(Step(rows, qs, levels, frame_mask, ids, mask))
             optimiser.step(loss)
             losses["loss"].append(float(loss.detach()))
-            for k, v in parts.items():
+            for k, v in logged.items():
                 losses.setdefault(k, []).append(v)
             _emit(callback, {"event": "step", "epoch": epoch, "step": optimiser.steps, "total_steps": optimiser.total,
                              "loss": losses["loss"][-1]})
@@ -278,95 +312,18 @@ def _run(
     return selection.result(tokenizer, args)
 
 
-def _prepare(
+def prepare(
     table: FeatureTable,
     train_pairs: Sequence[Pair],
     val_pairs: Sequence[Pair],
     tokenizer: TextTokenizer | None,
     seed: int,
-) -> tuple[TextTokenizer, int]:
+) -> TextTokenizer:
+    """Check both splits, seed torch, and train a tokenizer on the train captions when none is given."""
     n = len(table.frame_mask)
-    _check_pairs(train_pairs, n, "train")
-    _check_pairs(val_pairs, n, "val")
+    check_pairs(train_pairs, n, "train")
+    check_pairs(val_pairs, n, "val")
     torch.manual_seed(seed)
     if tokenizer is None:
         tokenizer = TextTokenizer.train(text for text, _ in train_pairs)
-    return tokenizer, int(np.shape(table.frame_mask)[1])
-
-
-def train_fast(
-    table: FeatureTable,
-    train_pairs: Sequence[Pair],
-    val_pairs: Sequence[Pair],
-    config: FastConfig | None = None,
-    args: TrainArgs | None = None,
-    tokenizer: TextTokenizer | None = None,
-    callback: Callback | None = None,
-    device: torch.device | str | None = None,
-) -> TrainResult:
-    """Train a Fast model on `train_pairs`, keep the epoch with the best val R@1.
-
-    `config` may leave `level_shapes`/`vocab_size` empty: they are taken from the table
-    and the tokenizer (trained on the training captions when not given).
-    """
-    args = args or TrainArgs()
-    tokenizer, t_max = _prepare(table, train_pairs, val_pairs, tokenizer, args.seed)
-    features = Features(table, [len(table.levels) - 1])
-    config = copy.deepcopy(config or FastConfig())
-    config.level_shapes = features.level_shapes()
-    config.vocab_size = tokenizer.vocab_size
-    config.max_len = tokenizer.max_len
-    config.max_frames = max(config.max_frames, t_max)
-    device = torch.device(device or "cpu")
-    model = FastModel(config).to(device)
-    val = _ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
-
-    def step_loss(levels, frame_mask, ids, mask):
-        loss = model.contrastive_loss(model.encode_text(ids, mask), model.encode_visual(levels, frame_mask))
-        return loss, {"temperature": float(1.0 / model.logit_scale.detach().exp())}
-
-    def validate() -> dict[str, Any]:
-        visual = fast_visual_vectors(model, features, val.items)
-        scores, _ = fast_score_matrix(model, tokenizer, val.texts, visual)
-        return evaluate_scores(scores, val.texts, val.gt, val.twins)
-
-    return _run(model, tokenizer, features, train_pairs, val, args, step_loss, validate, callback, device)
-
-
-def train_slow(
-    table: FeatureTable,
-    train_pairs: Sequence[Pair],
-    val_pairs: Sequence[Pair],
-    config: SlowConfig | None = None,
-    args: SlowTrainArgs | None = None,
-    tokenizer: TextTokenizer | None = None,
-    callback: Callback | None = None,
-    device: torch.device | str | None = None,
-) -> TrainResult:
-    """Train a Slow model with the bidirectional captioning loss; keep the epoch with the best val R@1.
-
-    `config.finest_level` left as None is resolved from the table's level shapes.
-    """
-    args = args or SlowTrainArgs()
-    tokenizer, t_max = _prepare(table, train_pairs, val_pairs, tokenizer, args.seed)
-    config = copy.deepcopy(config or SlowConfig())
-    n_levels = len(table.levels)
-    config.level_shapes = [list(np.shape(lv)[2:]) for lv in table.levels]
-    config.finest_level = config.resolve_finest_level()
-    features = Features(table, list(range(config.finest_level, n_levels)))
-    config.vocab_size = tokenizer.vocab_size
-    config.max_len = tokenizer.max_len
-    config.max_frames = max(config.max_frames, t_max)
-    device = torch.device(device or "cpu")
-    model = SlowModel(config).to(device)
-    val = _ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
-
-    def step_loss(levels, frame_mask, ids, mask):
-        return model.caption_loss(ids, mask, *model.encode_visual(levels, frame_mask)), {}
-
-    def validate() -> dict[str, Any]:
-        memory, memory_mask = slow_memory(model, features, val.items)
-        scores, _ = slow_score_matrix(model, tokenizer, val.texts, memory, memory_mask)
-        return evaluate_scores(scores, val.texts, val.gt, val.twins)
-
-    return _run(model, tokenizer, features, train_pairs, val, args, step_loss, validate, callback, device)
+    return tokenizer
