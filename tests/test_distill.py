@@ -183,3 +183,16 @@ def test_deterministic_for_a_seed_and_round_trips_through_a_model_folder(setup, 
     with torch.inference_mode():
         assert torch.allclose(loaded.model.encode_text(ids, mask), a.model.encode_text(ids, mask))
     assert loaded.config["training"]["hard"] == 3
+
+
+def test_seeded_run_reproduces_pinned_losses_and_val_metrics(setup):
+    """Numbers written down from a run of the code before distillation used the shared
+    training loop: a change to sampling, the cache, the losses or validation shows up here."""
+    table, pairs, teacher, ttok, student, stok = setup
+    result = distill(table, pairs["train"], pairs["val"], teacher, ttok, student, stok, _args(epochs=2))
+    h = result.history
+    assert h[0]["teacher_pairs"] == 512 and [r["val_mean_rank"] for r in h] == [8.8125, 8.1875, 8.0625]
+    assert [r["loss"] for r in h[1:]] == pytest.approx([2.7337745666503905, 2.241876316070557], abs=1e-6)
+    assert [r["kl"] for r in h[1:]] == pytest.approx([0.4298549950122833, 0.2437886953353882], abs=1e-6)
+    assert [r["contrastive"] for r in h[1:]] == pytest.approx([2.3039196014404295, 1.9980876445770264], abs=1e-6)
+    assert (result.best["epoch"], result.best["val_R@5"]) == (2, 37.5)

@@ -156,3 +156,21 @@ def test_small_training_sets_get_smaller_batches_down_to_min_batch() -> None:
     assert fit_batch(args, 300).batch_size == 16  # never below min_batch
     assert fit_batch(replace(args, min_steps=0), 300).batch_size == 64  # off: the batch as asked
     assert fit_batch(fit_batch(args, 1800), 1800) == fit_batch(args, 1800)
+
+
+def test_seeded_runs_reproduce_pinned_losses_and_val_metrics(feature_table) -> None:
+    """Numbers written down from a run of the code before the loop was shared: a change
+    to batching, sampling, the optimiser or validation shows up here."""
+    table, pairs = make_data(feature_table, 60, 40, seed=1)
+    order = np.random.default_rng(0).permutation(len(pairs))
+    train, val = [pairs[i] for i in order[:80]], [pairs[i] for i in order[80:]]
+    fast = train_fast(table, train, val, FastConfig(dim=16, width=16, heads=2, visual_layers=1, text_layers=1, dropout=0.0),
+                      TrainArgs(epochs=3, batch_size=16, seed=0))
+    assert [r["loss"] for r in fast.history] == pytest.approx([2.418627937634786, 2.344674746195475, 2.287178099155426], abs=1e-6)
+    assert [r["val_mean_rank"] for r in fast.history] == [9.45, 8.4, 7.9]
+    assert (fast.best["epoch"], fast.best["val_R@1"], fast.best["val_R@5"]) == (2, 10.0, 30.0)
+    slow = train_slow(table, train, val, SlowConfig(width=16, heads=2, coarse_layers=1, decoder_layers=1),
+                      SlowTrainArgs(epochs=3, batch_size=16, val_items=20, val_texts=20, val_start=0.0))
+    assert [r["loss"] for r in slow.history] == pytest.approx([2.4677515824635825, 2.403865615526835, 2.379289428393046], abs=1e-6)
+    assert [r["val_mean_rank"] for r in slow.history] == [7.15, 6.85, 7.0]
+    assert (slow.best["epoch"], slow.best["val_R@1"], slow.best["val_R@5"]) == (1, 10.0, 50.0)
