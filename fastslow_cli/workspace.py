@@ -166,15 +166,9 @@ class Workspace:
 
     def resolve_model(self, name: str) -> str:
         """A model argument: a name under WORKSPACE/models, else a folder, else (HF) a hub id."""
-        if "/" not in name and "\\" not in name and not name.startswith("."):
-            candidate = self.root / "models" / name
-            if candidate.exists():
-                return str(candidate)
-            if not Path(name).exists():
-                raise FastslowError(
-                    f"no model '{name}' in {self.root / 'models'}: train it (`fastslow train ...`) or pass a model folder"
-                )
-        return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+        from fastslow_cli.models.names import resolve_model
+
+        return resolve_model(name, self.root / "models").path_or_id
 
     def _default_slow(self) -> str | None:
         return "slow" if (self.root / "models" / "slow").exists() else None

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.models.names import resolve_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -113,18 +114,6 @@ def _one_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip().rstrip(".")[:300]
     return type(exc).__name__
-
-
-def _resolve_source(name: str) -> tuple[str, bool]:
-    """(what to pass to `from_pretrained`, is it a local folder). Never touches the network."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve()), True
-    if path.exists():
-        raise FastslowError(f"cannot load backbone {name}: it is a file, not a model folder; {_FIX}")
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        raise FastslowError(f"cannot load backbone {name}: no such folder; {_FIX}")
-    return name, False
 
 
 @contextmanager
@@ -363,5 +352,5 @@ def load_backbone(name: str = "pixels", size: int | None = None, device: str | N
         return PixelBackbone(DEFAULT_SIZE if size is None else size)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1")
-    source, local = _resolve_source(name)
-    return HFBackbone(name, source, local, size, device, batch_size)
+    ref = resolve_model(name, what="backbone", fix=_FIX)
+    return HFBackbone(name, ref.path_or_id, ref.kind == "local", size, device, batch_size)

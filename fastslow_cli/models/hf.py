@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.features.backbones import _one_line, _preprocessing, _quiet, _weights_sha256
 from fastslow_cli.media.discover import media_kind
+from fastslow_cli.models.names import resolve_model
 from fastslow_cli.media.decode import MediaError, decode_image, decode_video_av
 from fastslow_cli.runtime import resolve_device
 from fastslow_cli.store.parquet import FeatureTable
@@ -71,27 +72,14 @@ def _fix(what: str) -> str:
     return f"pass a folder holding a transformers {what} (config.json, weights, tokenizer) or a hub id"
 
 
-def _resolve(path: str | Path, what: str) -> tuple[str, bool]:
-    """(what `from_pretrained` gets, is it a local folder); never touches the network."""
-    name = str(path)
-    p = Path(name).expanduser()
-    fix = _fix(what)
-    if p.is_dir():
-        return str(p.resolve()), True
-    if p.exists():
-        raise FastslowError(f"cannot load {what} {name}: it is a file, not a model folder; {fix}")
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or not name.strip():
-        raise FastslowError(f"cannot load {what} {name}: no such folder; {fix}")
-    return name, False
-
-
 class _Loaded:
     """What both adapters share: model, tokenizer, preprocessing, device, identity."""
 
     def __init__(self, path: str | Path, device: str | None, model_type: str, class_name: str, kind: str) -> None:
         import transformers
 
-        source, local = _resolve(path, class_name)
+        ref = resolve_model(str(path), what=class_name, fix=_fix(class_name))
+        source, local = ref.path_or_id, ref.kind == "local"
         fix = _fix(class_name)
         self.device = resolve_device(device)
         with _quiet(transformers):
