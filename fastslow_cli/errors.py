@@ -18,3 +18,12 @@ class UsageError(FastslowError):
     """Bad usage: wrong arguments or options (exit code 2)."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, short enough for one error line
+    (what a `FastslowError` quotes of a library's failure)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip().rstrip(".")[:300]
+    return type(exc).__name__

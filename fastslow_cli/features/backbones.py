@@ -19,16 +19,14 @@ different weights are never mixed in one feature set.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.errors import FastslowError, UsageError, one_line
+from fastslow_cli.models.hf_common import preprocessing, quiet_transformers, weights_sha256
 from fastslow_cli.models.names import resolve_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,8 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_SIZE = 64
 PIXEL_PATCHES = (4, 8, 16)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FLOAT16_MAX = 65504.0
 _FIX = "use --backbone pixels or a local model folder"
 
@@ -108,84 +104,6 @@ class PixelBackbone:
         return levels
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception message, short enough for one error line."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip().rstrip(".")[:300]
-    return type(exc).__name__
-
-
-@contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
-    """Silence transformers' warnings and weight-loading bars: stderr is ours."""
-    logging = transformers.utils.logging
-    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bars:
-            logging.enable_progress_bar()
-
-
-def _size_from(value: Any) -> int | None:
-    """An int from a processor `size`/`crop_size` (int, dict or SizeDict)."""
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    for key in ("height", "shortest_edge"):
-        got = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-        if got:
-            return int(got)
-    return None
-
-
-def _preprocessing(processor: Any, config: Any, size: int | None) -> dict[str, Any]:
-    """Input size, rescale factor, mean and std: processor first, then config, then defaults.
-
-    Frames are squashed to a square (no crop), so the input size is the processor's
-    crop size when it crops, else its resize size.
-    """
-    native = None
-    scale, mean, std = 1 / 255, IMAGENET_MEAN, IMAGENET_STD
-    if processor is not None:
-        crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-        native = _size_from(crop) or _size_from(getattr(processor, "size", None))
-        if getattr(processor, "do_rescale", True) is False:
-            scale = 1.0
-        else:
-            scale = float(getattr(processor, "rescale_factor", None) or 1 / 255)
-        if getattr(processor, "do_normalize", True) is False:
-            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        else:
-            mean = getattr(processor, "image_mean", None) or mean
-            std = getattr(processor, "image_std", None) or std
-    image_size = getattr(config, "image_size", None)
-    native = native or (_size_from(image_size) if image_size else None) or 224
-    return {
-        "input_size": int(size or native),
-        "rescale": scale,
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-    }
-
-
-def _weights_sha256(module: torch.nn.Module) -> str:
-    """sha256 over names, dtypes, shapes and bytes of every tensor in the state dict."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 class HFBackbone:
     """A Hugging Face vision model as a pyramid of float16 feature grids.
 
@@ -209,17 +127,17 @@ class HFBackbone:
         self.name = name
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        with _quiet(transformers):
+        with quiet_transformers(transformers):
             try:
                 model = transformers.AutoModel.from_pretrained(
                     source, dtype=torch.float32, local_files_only=local
                 )
             except Exception as exc:  # transformers raises many types for a bad folder or id
-                raise FastslowError(f"cannot load backbone {name}: {_one_line(exc)}; {_FIX}") from exc
+                raise FastslowError(f"cannot load backbone {name}: {one_line(exc)}; {_FIX}") from exc
             processor = self._load_processor(transformers, source, local)
         # CLIP, SigLIP, BLIP...: the image tower is `vision_model`.
         self.model = getattr(model, "vision_model", model).to(self.device).eval()
-        prep = _preprocessing(processor, self.model.config, size)
+        prep = preprocessing(processor, self.model.config, size)
         self.input_size: int = prep["input_size"]
         self._scale = prep["rescale"]
         self._mean = torch.tensor(prep["mean"], device=self.device).view(1, 3, 1, 1)
@@ -229,7 +147,7 @@ class HFBackbone:
             "name": "hf",
             "model": source,
             "architecture": type(self.model).__name__,
-            "weights_sha256": _weights_sha256(self.model),
+            "weights_sha256": weights_sha256(self.model),
             **prep,
             **{k: v for k, v in self._plan.items() if k != "shapes"},
         }
@@ -269,7 +187,7 @@ class HFBackbone:
                 kind, hidden = self._hidden(torch.zeros(1, 3, s, s, device=self.device))
         except Exception as exc:
             raise FastslowError(
-                f"cannot use backbone {self.name} on {s}x{s} frames: {_one_line(exc)}; "
+                f"cannot use backbone {self.name} on {s}x{s} frames: {one_line(exc)}; "
                 f"omit --size to use the model's own input size, or {_FIX}"
             ) from exc
         if kind == "conv":

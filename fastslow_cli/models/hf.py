@@ -51,8 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastslow_cli.errors import FastslowError
-from fastslow_cli.features.backbones import _one_line, _preprocessing, _quiet, _weights_sha256
+from fastslow_cli.errors import FastslowError, one_line
+from fastslow_cli.models.hf_common import preprocessing, quiet_transformers, weights_sha256
 from fastslow_cli.media.discover import media_kind
 from fastslow_cli.models.names import resolve_model
 from fastslow_cli.media.decode import MediaError, decode_image, decode_video_av
@@ -82,11 +82,11 @@ class _Loaded:
         source, local = ref.path_or_id, ref.kind == "local"
         fix = _fix(class_name)
         self.device = resolve_device(device)
-        with _quiet(transformers):
+        with quiet_transformers(transformers):
             try:
                 config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
             except Exception as exc:  # transformers raises many types for a bad folder or id
-                raise FastslowError(f"cannot load {class_name} {path}: {_one_line(exc)}; {fix}") from exc
+                raise FastslowError(f"cannot load {class_name} {path}: {one_line(exc)}; {fix}") from exc
             if config.model_type != model_type:
                 raise FastslowError(
                     f"{path} holds a '{config.model_type}' model, not {class_name}: {fix}"
@@ -97,7 +97,7 @@ class _Loaded:
                 )
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
             except Exception as exc:
-                raise FastslowError(f"cannot load {class_name} {path}: {_one_line(exc)}; {fix}") from exc
+                raise FastslowError(f"cannot load {class_name} {path}: {one_line(exc)}; {fix}") from exc
             try:
                 processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local)
             except Exception:  # no processor saved: the config and defaults decide
@@ -105,7 +105,7 @@ class _Loaded:
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # batches need padding; the mask hides it
         self.model = model.to(self.device).eval()
-        prep = _preprocessing(processor, config.vision_config, None)
+        prep = preprocessing(processor, config.vision_config, None)
         self.size: int = prep["input_size"]
         self._scale = prep["rescale"]
         self._mean = torch.tensor(prep["mean"], device=self.device).view(1, 3, 1, 1)
@@ -118,7 +118,7 @@ class _Loaded:
             "kind": kind,
             "hf": True,
             "architecture": class_name,
-            "content_hash": _weights_sha256(self.model),
+            "content_hash": weights_sha256(self.model),
             "fingerprint": None,
             "input_size": self.size,
             "visual_input": "media files, decoded again at index time",

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastslow_cli.atomic import append_jsonl, atomic_path, atomic_write_json, fsync_dir
-from fastslow_cli.errors import FastslowError
+from fastslow_cli.errors import FastslowError, one_line
 
 FORMAT = "fastslow-features"
 FORMAT_VERSION = 2  # 1: parts beside the manifest, ids relative to the extract root
@@ -126,11 +126,6 @@ class FeatureTable:
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    return text.rstrip(".")[:300]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -241,7 +236,7 @@ class FeatureStore:
             fh = open(self.directory / LOCK, "a+", encoding="utf-8")
         except OSError as exc:
             raise FastslowError(
-                f"cannot write to feature set {self.directory}: {_one_line(exc)}; "
+                f"cannot write to feature set {self.directory}: {one_line(exc)}; "
                 "check its permissions or pass another --workspace"
             ) from exc
         try:
@@ -313,7 +308,7 @@ class FeatureStore:
                 manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise FastslowError(
-                    f"cannot read {self.manifest_path}: {_one_line(exc)}; delete it (it is rebuilt from the parts)"
+                    f"cannot read {self.manifest_path}: {one_line(exc)}; delete it (it is rebuilt from the parts)"
                 ) from exc
             if not isinstance(manifest, dict) or not {"backbone", "levels", "frames"} <= manifest.keys():
                 raise FastslowError(
@@ -398,7 +393,7 @@ class FeatureStore:
             raise _vanished(part) from None
         except (OSError, pa.ArrowException) as exc:
             raise FastslowError(
-                f"cannot read feature part {part}: {_one_line(exc)}; delete it and run `fastslow extract` again"
+                f"cannot read feature part {part}: {one_line(exc)}; delete it and run `fastslow extract` again"
             ) from exc
 
     def _part_info(self, part: Path) -> tuple[dict[str, Any], list[str]]:
@@ -413,7 +408,7 @@ class FeatureStore:
                 raise _vanished(part) from None
             except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
                 raise FastslowError(
-                    f"feature part {part} has no readable fastslow metadata ({_one_line(exc)}): "
+                    f"feature part {part} has no readable fastslow metadata ({one_line(exc)}): "
                     "delete it and run `fastslow extract` again"
                 ) from exc
             self._meta_cache[key] = info
@@ -622,7 +617,7 @@ class FeatureStore:
                             pending = []
                 except (OSError, pa.ArrowException) as exc:
                     raise FastslowError(
-                        f"cannot read feature part {path}: {_one_line(exc)}; delete it and run `fastslow extract` again"
+                        f"cannot read feature part {path}: {one_line(exc)}; delete it and run `fastslow extract` again"
                     ) from exc
             if pending:
                 writer.write_table(pa.concat_tables(pending))
