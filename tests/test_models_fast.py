@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.models.checkpoint import CONFIG, content_hash, load_model, save_model
+from fastslow_cli.models.checkpoint import CONFIG, load_model, save_model
+from fastslow_cli.search.retrievers import native_identity
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.text.tokenizer import TextTokenizer
 
@@ -92,7 +93,6 @@ def test_checkpoint_round_trip_gives_identical_scores(tmp_path) -> None:
         after = loaded.model.encode_text(ids, mask) @ loaded.model.encode_visual(lv, fm).T
     assert torch.equal(before, after)
     assert loaded.config["training"] == {"epochs": 1} and loaded.kind == "fast"
-    assert len(content_hash(tmp_path / "m")) == 64
 
 
 def test_loading_refuses_other_features_kind_or_damaged_files(tmp_path) -> None:
@@ -105,9 +105,7 @@ def test_loading_refuses_other_features_kind_or_damaged_files(tmp_path) -> None:
         load_model(folder, level_shapes=[[8, 8, 12], [2, 2, 48], [1, 1, 192]])
     with pytest.raises(FastslowError, match="not a slow"):
         load_model(folder, kind="slow")
-    before = content_hash(folder)
     (folder / "model.safetensors").write_bytes(b"garbage")
-    assert content_hash(folder) != before
     with pytest.raises(FastslowError, match="does not match"):
         load_model(folder)
     (folder / CONFIG).write_text(json.dumps({"format": "something else"}))
@@ -115,3 +113,20 @@ def test_loading_refuses_other_features_kind_or_damaged_files(tmp_path) -> None:
         load_model(folder)
     with pytest.raises(FastslowError, match="not found"):
         load_model(tmp_path / "none")
+
+
+def test_native_identity_hashes_exactly_the_weights_and_tokenizer(tmp_path) -> None:
+    """What an index records to refuse another model: the same weights give the same hash
+    wherever the folder is; changed weights give another."""
+    tok = TextTokenizer.train(["a red circle"])
+    torch.manual_seed(0)
+    model = FastModel(FastConfig(level_shapes=SHAPES, vocab_size=tok.vocab_size, dim=16, width=32, heads=2))
+    a = save_model(tmp_path / "a", model, tok, {"fingerprint": "abc"})
+    b = save_model(tmp_path / "b", model, tok, {"fingerprint": "abc"}, training={"epochs": 3})
+    ida, idb = (native_identity(d, load_model(d).config) for d in (a, b))
+    assert len(ida["content_hash"]) == 64 and ida["content_hash"] == idb["content_hash"]
+    assert (ida["name"], ida["path"], ida["kind"], ida["fingerprint"]) == ("a", str(a.resolve()), "fast", "abc")
+    with torch.no_grad():
+        model.text_proj.weight[0, 0] += 1.0
+    c = save_model(tmp_path / "c", model, tok, {"fingerprint": "abc"})
+    assert native_identity(c, load_model(c).config)["content_hash"] != ida["content_hash"]

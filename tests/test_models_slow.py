@@ -50,14 +50,15 @@ def test_batch_scores_equal_one_by_one(tok) -> None:
     mem, mmask = model.encode_visual(_levels(4, 2), torch.tensor([[1, 1], [1, 0], [1, 1], [1, 0]], dtype=torch.bool))
     ids, mask = tok.encode_batch(TEXTS)
     with torch.inference_mode():
-        batch = model.score(ids, mask, mem, mmask)
-        single = torch.cat([model.score(*tok.encode_batch([t]), mem[i : i + 1], mmask[i : i + 1]) for i, t in enumerate(TEXTS)])
+        batch = model.pair_scores(ids, mask, model.memory_kv(mem), mmask)  # aligned pairs, as distillation's teacher
+        single = torch.cat([model.pair_scores(*tok.encode_batch([t]), model.memory_kv(mem[i : i + 1]), mmask[i : i + 1])
+                            for i, t in enumerate(TEXTS)])
         matrix = model.score_matrix(ids, mask, mem, mmask, pair_batch=3, item_chunk=3)
     assert torch.allclose(batch, single, atol=1e-5)
     assert torch.allclose(matrix.diagonal(), batch, atol=1e-5)
     # Row q of the matrix: text q against every item, as pairs.
     with torch.inference_mode():
-        row = model.score(ids[1:2].expand(4, -1), mask[1:2].expand(4, -1), mem, mmask)
+        row = model.pair_scores(ids[1:2].expand(4, -1), mask[1:2].expand(4, -1), model.memory_kv(mem), mmask)
     assert torch.allclose(matrix[1], row, atol=1e-5)
 
 
@@ -99,7 +100,7 @@ def test_score_is_the_mean_token_log_likelihood_of_both_directions(tok) -> None:
     ids, mask = tok.encode_batch(["a red circle"])
     with torch.inference_mode():
         l2r, r2l = model.log_probs(ids, mask, model.memory_kv(mem), mmask)
-        s = model.score(ids, mask, mem, mmask)
+        s = model.score_matrix(ids, mask, mem, mmask)[0]
         loss = model.caption_loss(ids, mask, mem, mmask)
     assert l2r.shape == (1, 4) and (l2r < 0).all() and (r2l < 0).all()  # "a red circle [EOS]"
     assert s.item() == pytest.approx((l2r.sum() + r2l.sum()).item() / 8, abs=1e-5)

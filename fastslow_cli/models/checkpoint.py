@@ -9,14 +9,12 @@ trained on (fingerprint and level shapes) so it is never run on other features.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from fastslow_cli.atomic import atomic_path, atomic_write_json, file_sha256
@@ -147,21 +145,3 @@ def load_model(
         raise FastslowError(f"{model_dir / WEIGHTS} does not fit its config: retrain the model") from exc
     model.eval()
     return LoadedModel(model=model, tokenizer=TextTokenizer.load(model_dir / TOKENIZER), config=config)
-
-
-def content_hash(model_dir: str | Path) -> str:
-    """sha256 of the weights and tokenizer bytes: what an index records to refuse another model."""
-    model_dir = Path(model_dir)
-    h = hashlib.sha256()
-    for name in (WEIGHTS, TOKENIZER):
-        path = model_dir / name
-        if not path.is_file():
-            raise FastslowError(f"{path} is missing: the model folder is incomplete, retrain it")
-        h.update(name.encode())
-        h.update(file_sha256(path).encode())
-    return h.hexdigest()
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    """Number of trainable values, for summaries."""
-    return sum(p.numel() for p in model.parameters())

@@ -225,12 +225,6 @@ class SlowModel(nn.Module):
         n = mask[:, 1 : self.config.max_len].sum(1).clamp_min(1)
         return (l2r.sum(1) + r2l.sum(1)) / (2 * n)
 
-    def score(
-        self, token_ids: torch.Tensor, mask: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Scores (B,) of B aligned (text, item) pairs: text i with memory row i."""
-        return self.pair_scores(token_ids, mask, self.memory_kv(memory), memory_mask)
-
     @torch.inference_mode()
     def score_matrix(
         self,

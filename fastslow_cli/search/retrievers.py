@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from fastslow_cli.models.checkpoint import CONFIG, FORMAT
 from fastslow_cli.models.encode import fast_batcher, fast_item_vectors, fast_text_vectors, slow_batcher, slow_item_memories
 from fastslow_cli.store.parquet import FeatureTable
 
@@ -137,11 +138,11 @@ class NativeSlow(_WordVocabulary):
 
 def is_native(path: str | Path) -> bool:
     """A fastslow model folder (as opposed to a Hugging Face folder or hub id)."""
-    config = Path(path) / "config.json"
+    config = Path(path) / CONFIG
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("format") == "fastslow-model"
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
