@@ -61,7 +61,9 @@ def save_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(model_dir / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "kind": model.kind})
+        # One metadata key: safetensors writes a metadata map in no fixed order, so with two
+        # keys the same weights gave different bytes (and another `native_identity` hash).
+        save_file(state, str(tmp), metadata={"format": FORMAT})
     tokenizer.save(model_dir / TOKENIZER)
     config = {
         "format": FORMAT,
