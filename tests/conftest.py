@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastslow_cli.store.parquet import FeatureTable
+from fastslow_cli.store.parquet import FeatureRow, FeatureStore, FeatureTable
 
 CLIP_FRAMES = 24
 CLIP_FPS = 12
@@ -261,3 +262,77 @@ def _feature_table(levels: list[np.ndarray], frame_mask: np.ndarray) -> FeatureT
 def feature_table() -> Callable[[list[np.ndarray], np.ndarray], FeatureTable]:
     """feature_table(levels, frame_mask): an in-memory `FeatureTable` (no store on disk)."""
     return _feature_table
+
+
+class IndexKit:
+    """Feature stores of tiny random rows (images and 3..8-frame videos, with media files on
+    disk) and small randomly initialised Fast/Slow retrievers: what index and search tests
+    build on (the mechanics do not depend on trained weights)."""
+
+    shapes = [(8, 8, 12), (4, 4, 24), (2, 2, 48)]
+    captions = [
+        "a red circle left of a blue square",
+        "a green triangle above a yellow star",
+        "a dog runs on the beach",
+        "two cats sleep under a big tree",
+    ]
+
+    @staticmethod
+    def item_specs(count: int, first: int = 0) -> list[tuple[str, int]]:
+        """(id, frames): two images for every video, videos of 3..8 frames."""
+        return [(f"item{i:03d}.{'mp4' if i % 3 == 2 else 'png'}", 3 + i % 6 if i % 3 == 2 else 1)
+                for i in range(first, first + count)]
+
+    def add_rows(self, store: FeatureStore, media: Path, specs: list[tuple[str, int]], seed: int) -> None:
+        """Append one part of random float16 rows, touching each item's media file."""
+        rng = np.random.default_rng(seed)
+        rows = []
+        for item_id, frames in specs:
+            path = media / item_id
+            path.write_bytes(item_id.encode())
+            rows.append(FeatureRow(
+                id=item_id, path=str(path), kind="image" if frames == 1 else "video", frames=frames,
+                timestamps=[0.25 + 0.5 * t for t in range(frames)], size=path.stat().st_size,
+                mtime_ns=path.stat().st_mtime_ns, content_hash=f"hash-{item_id}",
+                levels=[rng.standard_normal((frames, *shape)).astype(np.float16) for shape in self.shapes],
+            ))
+        store.append(rows)
+
+    def make_store(self, root: Path, count: int = 36, seed: int = 0) -> FeatureStore:
+        """A feature set of `count` items (images and 3..8-frame videos) with existing media files."""
+        store = FeatureStore(root / "features" / "test")
+        store.ensure({"name": "test-backbone"}, self.shapes, 8)
+        media = root / "media"
+        media.mkdir(parents=True, exist_ok=True)
+        self.add_rows(store, media, self.item_specs(count), seed)
+        return store
+
+    def make_models(self, store: FeatureStore, seed: int = 0, fast_hash: str = "fast-a",
+                    slow_hash: str = "slow-a") -> tuple[Any, Any]:
+        """Small randomly initialised Fast and Slow models (fixed seed) as `NativeFast`, `NativeSlow`."""
+        import torch
+
+        from fastslow_cli.models.fast import FastConfig, FastModel
+        from fastslow_cli.models.slow import SlowConfig, SlowModel
+        from fastslow_cli.search.retrievers import NativeFast, NativeSlow
+        from fastslow_cli.text.tokenizer import TextTokenizer
+
+        torch.manual_seed(seed)
+        tok = TextTokenizer.train(self.captions)
+        shapes = [list(s) for s in self.shapes]
+        fast = FastModel(FastConfig(level_shapes=shapes, vocab_size=tok.vocab_size, dim=16, width=32, heads=2,
+                                    visual_layers=1, text_layers=1))
+        slow = SlowModel(SlowConfig(level_shapes=shapes, vocab_size=tok.vocab_size, width=32, heads=2, coarse_layers=1,
+                                    refine_layers=1, decoder_layers=1, finest_level=1))
+        cpu = torch.device("cpu")
+        fp = store.fingerprint()
+        return (
+            NativeFast(fast, tok, identity={"path": f"models/{fast_hash}", "content_hash": fast_hash, "fingerprint": fp}, device=cpu),
+            NativeSlow(slow, tok, identity={"path": f"models/{slow_hash}", "content_hash": slow_hash, "fingerprint": fp}, device=cpu),
+        )
+
+
+@pytest.fixture(scope="session")
+def index_kit() -> IndexKit:
+    """Tiny feature stores and random-init retrievers for index and search tests (see `IndexKit`)."""
+    return IndexKit()

@@ -2,7 +2,7 @@
 atomic swap and crash recovery, damaged files, per-frame vectors of videos.
 
 Tiny random feature rows and randomly initialised models: the mechanics do not depend
-on trained weights. `make_store` and `make_models` are also used by test_search.py.
+on trained weights. The store and models come from conftest's `index_kit`.
 """
 
 from __future__ import annotations
@@ -14,87 +14,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from fastslow_cli.index import folder as index_mod
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.index.folder import IndexChunk, SearchIndex, build_index, recover, update_index, write_index, writer_lock
-from fastslow_cli.models.fast import FastConfig, FastModel
-from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore
-from fastslow_cli.text.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
-SHAPES = [(8, 8, 12), (4, 4, 24), (2, 2, 48)]
-CAPTIONS = [
-    "a red circle left of a blue square",
-    "a green triangle above a yellow star",
-    "a dog runs on the beach",
-    "two cats sleep under a big tree",
-]
 DEAD_PID = 99_999_999  # above Linux's pid_max: never a live process
-
-
-def item_specs(count: int, first: int = 0) -> list[tuple[str, int]]:
-    """(id, frames): two images for every video, videos of 3..8 frames."""
-    return [(f"item{i:03d}.{'mp4' if i % 3 == 2 else 'png'}", 3 + i % 6 if i % 3 == 2 else 1) for i in range(first, first + count)]
-
-
-def add_rows(store: FeatureStore, media: Path, specs: list[tuple[str, int]], seed: int) -> None:
-    """Append one part of random float16 rows, touching each item's media file."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for item_id, frames in specs:
-        path = media / item_id
-        path.write_bytes(item_id.encode())
-        levels = [rng.standard_normal((frames, *shape)).astype(np.float16) for shape in SHAPES]
-        rows.append(
-            FeatureRow(
-                id=item_id,
-                path=str(path),
-                kind="image" if frames == 1 else "video",
-                frames=frames,
-                timestamps=[0.25 + 0.5 * t for t in range(frames)],
-                size=path.stat().st_size,
-                mtime_ns=path.stat().st_mtime_ns,
-                content_hash=f"hash-{item_id}",
-                levels=levels,
-            )
-        )
-    store.append(rows)
-
-
-def make_store(root: Path, count: int = 36, seed: int = 0) -> FeatureStore:
-    """A feature set of `count` items (images and 3..8-frame videos) with existing media files."""
-    store = FeatureStore(root / "features" / "test")
-    store.ensure({"name": "test-backbone"}, SHAPES, 8)
-    media = root / "media"
-    media.mkdir(parents=True, exist_ok=True)
-    add_rows(store, media, item_specs(count), seed)
-    return store
-
-
-def make_models(store: FeatureStore, seed: int = 0, fast_hash: str = "fast-a", slow_hash: str = "slow-a") -> tuple[NativeFast, NativeSlow]:
-    """Small randomly initialised Fast and Slow models (fixed seed) as retrievers."""
-    torch.manual_seed(seed)
-    tok = TextTokenizer.train(CAPTIONS)
-    shapes = [list(s) for s in SHAPES]
-    fast = FastModel(FastConfig(level_shapes=shapes, vocab_size=tok.vocab_size, dim=16, width=32, heads=2, visual_layers=1, text_layers=1))
-    slow = SlowModel(
-        SlowConfig(
-            level_shapes=shapes, vocab_size=tok.vocab_size, width=32, heads=2, coarse_layers=1, refine_layers=1, decoder_layers=1,
-            finest_level=1,
-        )
-    )
-    cpu = torch.device("cpu")
-    fp = store.fingerprint()
-    return (
-        NativeFast(fast, tok, identity={"path": f"models/{fast_hash}", "content_hash": fast_hash, "fingerprint": fp}, device=cpu),
-        NativeSlow(slow, tok, identity={"path": f"models/{slow_hash}", "content_hash": slow_hash, "fingerprint": fp}, device=cpu),
-    )
 
 
 def index_files(directory: Path) -> dict[str, bytes]:
@@ -102,11 +32,11 @@ def index_files(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, NativeFast, NativeSlow, Path]:
+def built(index_kit, tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, NativeFast, NativeSlow, Path]:
     """A store of 36 items and an index built from it (tests must not modify it: copy first)."""
     root = tmp_path_factory.mktemp("built")
-    store = make_store(root)
-    fast, slow = make_models(store)
+    store = index_kit.make_store(root)
+    fast, slow = index_kit.make_models(store)
     build_index(store, root / "index" / "main", fast, slow, AnnParams(M=8, ef_construction=64, ef_search=64))
     return store, fast, slow, root / "index" / "main"
 
@@ -173,10 +103,10 @@ def test_frame_vectors_and_best_timestamp(built: tuple[FeatureStore, NativeFast,
             assert index.best_timestamp(label, frame_vector) == pytest.approx(0.25 + 0.5 * t)
 
 
-def test_missing_media_left_out_and_empty_set_refused(tmp_path: Path) -> None:
-    store = make_store(tmp_path, count=9)
-    fast, slow = make_models(store)
-    gone = item_specs(9)[4][0]
+def test_missing_media_left_out_and_empty_set_refused(index_kit, tmp_path: Path) -> None:
+    store = index_kit.make_store(tmp_path, count=9)
+    fast, slow = index_kit.make_models(store)
+    gone = index_kit.item_specs(9)[4][0]
     (tmp_path / "media" / gone).unlink()
     report = build_index(store, tmp_path / "index" / "main", fast, None)
     assert (report.items, report.skipped_missing) == (8, 1)
@@ -189,7 +119,7 @@ def test_missing_media_left_out_and_empty_set_refused(tmp_path: Path) -> None:
         index.check_models(fast, slow)
 
     empty = FeatureStore(tmp_path / "features" / "empty")
-    empty.ensure({"name": "test-backbone"}, SHAPES, 8)
+    empty.ensure({"name": "test-backbone"}, index_kit.shapes, 8)
     with pytest.raises(FastslowError, match="fastslow extract"):
         build_index(empty, tmp_path / "index" / "empty", fast, slow)
     assert not (tmp_path / "index" / "empty").exists()
@@ -198,9 +128,9 @@ def test_missing_media_left_out_and_empty_set_refused(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- update
 
 
-def test_update_adds_only_new_items_and_old_results_unchanged(tmp_path: Path) -> None:
-    store = make_store(tmp_path, count=30)
-    fast, slow = make_models(store)
+def test_update_adds_only_new_items_and_old_results_unchanged(index_kit, tmp_path: Path) -> None:
+    store = index_kit.make_store(tmp_path, count=30)
+    fast, slow = index_kit.make_models(store)
     directory = tmp_path / "index" / "main"
     build_index(store, directory, fast, slow, AnnParams(M=8, ef_construction=64))
     before = SearchIndex.open(directory)
@@ -211,7 +141,7 @@ def test_update_adds_only_new_items_and_old_results_unchanged(tmp_path: Path) ->
 
     assert update_index(store, directory, fast, slow).added == 0  # nothing new: nothing to do
 
-    add_rows(store, tmp_path / "media", item_specs(12, first=30), seed=1)
+    index_kit.add_rows(store, tmp_path / "media", index_kit.item_specs(12, first=30), seed=1)
 
     calls: list[int] = []
     original = fast.encode_items
@@ -226,7 +156,7 @@ def test_update_adds_only_new_items_and_old_results_unchanged(tmp_path: Path) ->
     finally:
         del fast.encode_items
     assert (report.added, report.updated, report.removed, report.items) == (12, 0, 0, 42)
-    new_frames = sum(f for _, f in item_specs(12, first=30) if f > 1)
+    new_frames = sum(f for _, f in index_kit.item_specs(12, first=30) if f > 1)
     assert calls == [12, new_frames]  # new items, then the new videos' frames; no old item re-encoded
 
     after = SearchIndex.open(directory)
@@ -281,11 +211,11 @@ def by_id(index: SearchIndex) -> dict[str, tuple]:
     }
 
 
-def test_update_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_update_follows_the_files(index_kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Edited items are re-encoded, deleted and vanished ones removed, new ones added;
     nothing else is encoded, and the result is what a fresh build gives."""
-    store = make_store(tmp_path, count=30)
-    fast, slow = make_models(store)
+    store = index_kit.make_store(tmp_path, count=30)
+    fast, slow = index_kit.make_models(store)
     directory = tmp_path / "index" / "main"
     media = tmp_path / "media"
     build_index(store, directory, fast, slow, AnnParams(M=8, ef_construction=64))
@@ -294,7 +224,7 @@ def test_update_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     edited, like, deleted, vanished = ids[3], ids[0], ids[7], ids[10]  # all images
     edit_item(store, media, edited, like)
     (media / deleted).unlink()
-    add_rows(store, media, item_specs(4, first=30), seed=1)
+    index_kit.add_rows(store, media, index_kit.item_specs(4, first=30), seed=1)
     entries = store.entries()
     monkeypatch.setattr(store, "entries", lambda: {i: e for i, e in entries.items() if i != vanished})
 
@@ -309,7 +239,7 @@ def test_update_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     report = update_index(store, directory, fast, slow)
     monkeypatch.undo()
     assert (report.added, report.updated, report.removed, report.items) == (4, 1, 2, 32)
-    new_videos = [f for _, f in item_specs(4, first=30) if f > 1]
+    new_videos = [f for _, f in index_kit.item_specs(4, first=30) if f > 1]
     assert calls == [5, sum(new_videos)]  # the 4 new and the edited item, then the new videos' frames
 
     after = by_id(SearchIndex.open(directory))
@@ -340,10 +270,10 @@ def test_update_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert index_files(directory) == files  # nothing changed: nothing written
 
 
-def test_update_of_an_index_without_item_sources_re_encodes_it(tmp_path: Path) -> None:
+def test_update_of_an_index_without_item_sources_re_encodes_it(index_kit, tmp_path: Path) -> None:
     """Indexes written before items recorded size, mtime and hash: every item counts as changed."""
-    store = make_store(tmp_path, count=9)
-    fast, slow = make_models(store)
+    store = index_kit.make_store(tmp_path, count=9)
+    fast, slow = index_kit.make_models(store)
     directory = tmp_path / "index" / "main"
     build_index(store, directory, fast, slow)
     items = pq.read_table(directory / "items.parquet").drop_columns(["size", "mtime_ns", "content_hash"])
@@ -355,13 +285,13 @@ def test_update_of_an_index_without_item_sources_re_encodes_it(tmp_path: Path) -
     assert update_index(store, directory, fast, slow).updated == 0
 
 
-def test_update_refuses_when_every_item_is_gone(tmp_path: Path) -> None:
-    store = make_store(tmp_path, count=3)
-    fast, slow = make_models(store)
+def test_update_refuses_when_every_item_is_gone(index_kit, tmp_path: Path) -> None:
+    store = index_kit.make_store(tmp_path, count=3)
+    fast, slow = index_kit.make_models(store)
     directory = tmp_path / "index" / "main"
     build_index(store, directory, fast, slow)
     files = index_files(directory)
-    for item_id, _ in item_specs(3):
+    for item_id, _ in index_kit.item_specs(3):
         (tmp_path / "media" / item_id).unlink()
     with pytest.raises(FastslowError, match="no item left") as exc:
         update_index(store, directory, fast, slow)
@@ -369,13 +299,13 @@ def test_update_refuses_when_every_item_is_gone(tmp_path: Path) -> None:
     assert index_files(directory) == files
 
 
-def test_update_refuses_other_models_and_missing_slow(tmp_path: Path) -> None:
-    store = make_store(tmp_path, count=9)
-    fast, slow = make_models(store)
+def test_update_refuses_other_models_and_missing_slow(index_kit, tmp_path: Path) -> None:
+    store = index_kit.make_store(tmp_path, count=9)
+    fast, slow = index_kit.make_models(store)
     directory = tmp_path / "index" / "main"
     build_index(store, directory, fast, slow)
-    add_rows(store, tmp_path / "media", item_specs(3, first=9), seed=1)
-    other_fast, other_slow = make_models(store, seed=1, fast_hash="fast-b", slow_hash="slow-b")
+    index_kit.add_rows(store, tmp_path / "media", index_kit.item_specs(3, first=9), seed=1)
+    other_fast, other_slow = index_kit.make_models(store, seed=1, fast_hash="fast-b", slow_hash="slow-b")
     files = index_files(directory)
     with pytest.raises(FastslowError, match="Fast model models/fast-a"):
         update_index(store, directory, other_fast, slow)
@@ -389,14 +319,14 @@ def test_update_refuses_other_models_and_missing_slow(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- model checks
 
 
-def test_check_models_refuses_other_content_hash(built: tuple[FeatureStore, NativeFast, NativeSlow, Path]) -> None:
+def test_check_models_refuses_other_content_hash(index_kit, built: tuple[FeatureStore, NativeFast, NativeSlow, Path]) -> None:
     store, fast, slow, directory = built
     index = SearchIndex.open(directory)
     index.check_models(fast, slow)
     index.check_models(fast, None)
     fix = "fastslow index build --model models/fast-a --slow models/slow-a --set test --name main"
     # The same model folder with other weights: retrained or replaced since the build.
-    retrained = make_models(store)[0]
+    retrained = index_kit.make_models(store)[0]
     retrained.identity = {**fast.identity, "content_hash": "fast-retrained"}
     with pytest.raises(FastslowError) as exc:
         index.check_models(retrained, slow)
@@ -405,7 +335,7 @@ def test_check_models_refuses_other_content_hash(built: tuple[FeatureStore, Nati
     assert f"the Fast model at models/fast-a was retrained or replaced since index {directory} was built" in message
     assert message.endswith(f"rebuild the index with `{fix}`")
     # Another model: both named, and the build that uses it.
-    other_fast, other_slow = make_models(store, fast_hash="fast-b", slow_hash="slow-b")
+    other_fast, other_slow = index_kit.make_models(store, fast_hash="fast-b", slow_hash="slow-b")
     with pytest.raises(FastslowError) as exc:
         index.check_models(other_fast, slow)
     message = str(exc.value)
@@ -416,11 +346,11 @@ def test_check_models_refuses_other_content_hash(built: tuple[FeatureStore, Nati
     assert "\n" not in str(exc.value) and "built with Slow model models/slow-a, not models/slow-b" in str(exc.value)
 
 
-def test_model_and_feature_set_paths_are_relative_to_the_workspace(tmp_path: Path) -> None:
+def test_model_and_feature_set_paths_are_relative_to_the_workspace(index_kit, tmp_path: Path) -> None:
     """Inside the workspace (two levels above the index): relative and marked; outside: absolute; hub ids: as given."""
     ws = tmp_path / "ws"
-    store = make_store(ws, count=3)
-    fast, slow = make_models(store)
+    store = index_kit.make_store(ws, count=3)
+    fast, slow = index_kit.make_models(store)
     (ws / "models" / "fast").mkdir(parents=True)
     fast.identity = {**fast.identity, "path": str(ws / "models" / "fast")}
     slow.identity = {**slow.identity, "path": str(tmp_path / "elsewhere" / "slow")}
@@ -456,13 +386,13 @@ class Crash(Exception):
     pass
 
 
-def test_interrupted_build_leaves_old_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = make_store(tmp_path, count=30)
-    fast, slow = make_models(store)
+def test_interrupted_build_leaves_old_index(index_kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = index_kit.make_store(tmp_path, count=30)
+    fast, slow = index_kit.make_models(store)
     directory = tmp_path / "index" / "main"
     build_index(store, directory, fast, slow)
     files = index_files(directory)
-    add_rows(store, tmp_path / "media", item_specs(6, first=30), seed=1)
+    index_kit.add_rows(store, tmp_path / "media", index_kit.item_specs(6, first=30), seed=1)
 
     monkeypatch.setattr(index_mod, "CHUNK", 8)  # several chunks, so the crash lands mid-way
     original = fast.encode_items

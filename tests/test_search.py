@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_index import make_models, make_store
 
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError, UsageError
@@ -27,10 +26,10 @@ QUERIES = [
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Searcher, NativeFast, NativeSlow]:
+def setup(index_kit, tmp_path_factory: pytest.TempPathFactory) -> tuple[Searcher, NativeFast, NativeSlow]:
     root = tmp_path_factory.mktemp("search")
-    store = make_store(root, count=45)
-    fast, slow = make_models(store)
+    store = index_kit.make_store(root, count=45)
+    fast, slow = index_kit.make_models(store)
     # ef_search >= count: HNSW is exact here, so Fast order can be checked against brute force.
     build_index(store, root / "index" / "main", fast, slow, AnnParams(M=8, ef_construction=64, ef_search=64))
     return Searcher(SearchIndex.open(root / "index" / "main"), fast, slow), fast, slow
@@ -205,13 +204,13 @@ def test_bad_options(setup: tuple[Searcher, NativeFast, NativeSlow], kwargs: dic
         searcher.search("a dog", **kwargs)
 
 
-def test_rerank_needs_slow_and_other_models_refused(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+def test_rerank_needs_slow_and_other_models_refused(index_kit, setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
     searcher, fast, slow = setup
     fast_only = Searcher(searcher.index, fast, None)
     assert len(fast_only.search("a dog", k=3)) == 3
     with pytest.raises(UsageError, match="Slow model"):
         fast_only.search("a dog", k=3, rerank=5)
-    store_models = make_models(store_of(searcher), fast_hash="fast-b", slow_hash="slow-b")
+    store_models = index_kit.make_models(store_of(searcher), fast_hash="fast-b", slow_hash="slow-b")
     with pytest.raises(FastslowError, match="models/fast-b"):
         Searcher(searcher.index, store_models[0], slow)
     with pytest.raises(FastslowError, match="models/slow-b"):
