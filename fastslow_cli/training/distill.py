@@ -34,7 +34,6 @@ from fastslow_cli.models.slow import SlowModel
 from fastslow_cli.store.batches import Batcher
 from fastslow_cli.store.parquet import FeatureTable
 from fastslow_cli.text.tokenizer import TextTokenizer
-from fastslow_cli.training.fast import fast_validator
 from fastslow_cli.training.loop import (
     Callback,
     Pair,
@@ -44,6 +43,7 @@ from fastslow_cli.training.loop import (
     ValSet,
     check_pairs,
     train_loop,
+    validator,
 )
 
 
@@ -231,7 +231,7 @@ def distill(
     s_batcher = fast_batcher(table)
     t_batcher = slow_batcher(table, teacher.config.finest_level)
     val = ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
-    validate = fast_validator(model, student_tokenizer, table, val, device)
+    validate = validator(model, student_tokenizer, table, val, device)
 
     start = time.perf_counter()
     cands = build_candidates(model, student_tokenizer, s_batcher, train_pairs, args.hard, args.random, args.seed, device)

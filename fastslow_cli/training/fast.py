@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from fastslow_cli.eval.metrics import fast_score_matrix
 from fastslow_cli.models.encode import fast_batcher
 from fastslow_cli.models.fast import FastConfig, FastModel
-from fastslow_cli.search.retrievers import NativeFast
 from fastslow_cli.store.parquet import FeatureTable
 from fastslow_cli.text.tokenizer import TextTokenizer
 from fastslow_cli.training.loop import (
@@ -22,17 +18,11 @@ from fastslow_cli.training.loop import (
     TrainArgs,
     TrainResult,
     ValSet,
+    fit_config,
     prepare,
     train_loop,
     validator,
 )
-
-
-def fast_validator(
-    model: FastModel, tokenizer: TextTokenizer, table: FeatureTable, val: ValSet, device: torch.device
-) -> Callable[[], dict[str, Any]]:
-    """Val metrics of `model` by `eval.metrics.fast_score_matrix`, as `fastslow eval` computes them."""
-    return validator(val, table, lambda t, texts: fast_score_matrix(NativeFast(model, tokenizer, {}, device), t, texts))
 
 
 def train_fast(
@@ -55,9 +45,7 @@ def train_fast(
     batcher = fast_batcher(table)
     config = copy.deepcopy(config or FastConfig())
     config.level_shapes = batcher.level_shapes()
-    config.vocab_size = tokenizer.vocab_size
-    config.max_len = tokenizer.max_len
-    config.max_frames = max(config.max_frames, int(np.shape(table.frame_mask)[1]))
+    fit_config(config, tokenizer, table)
     device = torch.device(device or "cpu")
     model = FastModel(config).to(device)
     val = ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
@@ -67,5 +55,5 @@ def train_fast(
         loss = model.contrastive_loss(text, model.encode_visual(step.levels, step.frame_mask))
         return loss, {"temperature": float(1.0 / model.logit_scale.detach().exp())}
 
-    validate = fast_validator(model, tokenizer, table, val, device)
+    validate = validator(model, tokenizer, table, val, device)
     return train_loop(model, tokenizer, batcher, train_pairs, args, step_loss, validate, callback, device)

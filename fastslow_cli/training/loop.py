@@ -7,7 +7,7 @@ videos padded to the batch's longest) so images are not padded to video length;
 AdamW with linear warm-up and cosine decay; after each epoch the model is measured on
 (a fixed subset of) the validation split and the best state by val R@1 (then R@5) is
 kept. Everything random draws from generators seeded by `seed`, so a run is repeatable.
-A run supplies its step loss and its validation (`validator` over the score matrix
+A run supplies its step loss and its validation (`validator`: the score matrix
 `fastslow eval` uses), and optionally a per-epoch hook and an epoch-0 record of the start.
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.eval.metrics import evaluate_scores, find_twins
+from fastslow_cli.eval.metrics import evaluate_scores, fast_score_matrix, find_twins, slow_score_matrix
+from fastslow_cli.search.retrievers import NativeFast, NativeSlow
 from fastslow_cli.store.batches import Batcher
 from fastslow_cli.text.tokenizer import TextTokenizer
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 Callback = Callable[[dict[str, Any]], None]
 Pair = tuple[str, int]  # (caption text, row of the item in the feature table)
-ScoreMatrix = Callable[["FeatureTable", Sequence[str]], "tuple[np.ndarray, float]"]
 A = TypeVar("A", bound="TrainArgs")
 
 
@@ -236,16 +236,26 @@ class Step:
 StepLoss = Callable[[Step], "tuple[torch.Tensor, dict[str, float]]"]
 
 
-def validator(val: ValSet, table: FeatureTable, score_matrix: ScoreMatrix) -> Callable[[], dict[str, Any]]:
-    """Validation metrics of `val` by `score_matrix` (`eval.metrics.fast_score_matrix` or
-    `slow_score_matrix` over a retriever of the model in training): what `fastslow eval` measures."""
+def validator(
+    model: torch.nn.Module, tokenizer: TextTokenizer, table: FeatureTable, val: ValSet, device: torch.device
+) -> Callable[[], dict[str, Any]]:
+    """Val metrics of a native Fast or Slow model by `eval.metrics.fast_score_matrix` /
+    `slow_score_matrix` over a retriever of it: what `fastslow eval` would report on `val`."""
     table = table.subset(val.items)  # once per run: the same items every epoch
+    wrap, score_matrix = (NativeFast, fast_score_matrix) if model.kind == "fast" else (NativeSlow, slow_score_matrix)
 
     def validate() -> dict[str, Any]:
-        scores, _ = score_matrix(table, val.texts)
+        scores, _ = score_matrix(wrap(model, tokenizer, {}, device), table, val.texts)
         return evaluate_scores(scores, val.texts, val.gt, val.twins)
 
     return validate
+
+
+def fit_config(config: Any, tokenizer: TextTokenizer, table: FeatureTable) -> None:
+    """Size a model config's text and frame limits to the tokenizer and the table."""
+    config.vocab_size = tokenizer.vocab_size
+    config.max_len = tokenizer.max_len
+    config.max_frames = max(config.max_frames, int(np.shape(table.frame_mask)[1]))
 
 
 def train_loop(

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from fastslow_cli.eval.metrics import slow_score_matrix
 from fastslow_cli.models.encode import slow_batcher
 from fastslow_cli.models.slow import SlowConfig, SlowModel
-from fastslow_cli.search.retrievers import NativeSlow
 from fastslow_cli.store.parquet import FeatureTable
 from fastslow_cli.text.tokenizer import TextTokenizer
 from fastslow_cli.training.loop import (
@@ -22,17 +19,11 @@ from fastslow_cli.training.loop import (
     Step,
     TrainResult,
     ValSet,
+    fit_config,
     prepare,
     train_loop,
     validator,
 )
-
-
-def slow_validator(
-    model: SlowModel, tokenizer: TextTokenizer, table: FeatureTable, val: ValSet, device: torch.device
-) -> Callable[[], dict[str, Any]]:
-    """Val metrics of `model` by `eval.metrics.slow_score_matrix`, as `fastslow eval` computes them."""
-    return validator(val, table, lambda t, texts: slow_score_matrix(NativeSlow(model, tokenizer, {}, device), t, texts))
 
 
 def train_slow(
@@ -55,9 +46,7 @@ def train_slow(
     config.level_shapes = [list(np.shape(lv)[2:]) for lv in table.levels]
     config.finest_level = config.resolve_finest_level()
     batcher = slow_batcher(table, config.finest_level)
-    config.vocab_size = tokenizer.vocab_size
-    config.max_len = tokenizer.max_len
-    config.max_frames = max(config.max_frames, int(np.shape(table.frame_mask)[1]))
+    fit_config(config, tokenizer, table)
     device = torch.device(device or "cpu")
     model = SlowModel(config).to(device)
     val = ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
@@ -65,5 +54,5 @@ def train_slow(
     def step_loss(step: Step) -> tuple[torch.Tensor, dict[str, float]]:
         return model.caption_loss(step.ids, step.mask, *model.encode_visual(step.levels, step.frame_mask)), {}
 
-    validate = slow_validator(model, tokenizer, table, val, device)
+    validate = validator(model, tokenizer, table, val, device)
     return train_loop(model, tokenizer, batcher, train_pairs, args, step_loss, validate, callback, device)
