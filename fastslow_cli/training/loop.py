@@ -223,9 +223,8 @@ def _emit(callback: Callback | None, event: dict[str, Any]) -> None:
 
 @dataclass
 class Step:
-    """One training batch: table rows, the train pair drawn for each, their features and tokens."""
+    """One training batch: the train pair drawn for each item, the items' features, the captions' tokens."""
 
-    rows: np.ndarray  # (B,) table rows
     pairs: np.ndarray  # (B,) index into the run's train pairs of each row's caption this epoch
     levels: list[torch.Tensor]
     frame_mask: torch.Tensor
@@ -308,7 +307,7 @@ def train_loop(
             levels, frame_mask = batcher.load(rows, device)
             qs = np.array([by_item[int(i)][rng.integers(len(by_item[int(i)]))] for i in rows])
             ids, mask = (t.to(device) for t in tokenizer.encode_batch([train_pairs[q][0] for q in qs]))
-            loss, logged = step_loss(Step(rows, qs, levels, frame_mask, ids, mask))
+            loss, logged = step_loss(Step(qs, levels, frame_mask, ids, mask))
             optimiser.step(loss)
             losses["loss"].append(float(loss.detach()))
             for k, v in logged.items():
