@@ -230,7 +230,9 @@ class Workspace:
         """
         from fastslow_cli.atomic import check_writable
         from fastslow_cli.runtime import resolve_device
-        from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch, train_fast, train_slow
+        from fastslow_cli.training.fast import train_fast
+        from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, fit_batch
+        from fastslow_cli.training.slow import train_slow
 
         if kind not in ("fast", "slow"):
             raise UsageError(f"unknown model kind {kind!r}: train 'fast' or 'slow'")
