@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_index import CAPTIONS, make_models, make_store
 
 from fastslow_cli.index.folder import build_index
 from fastslow_cli.index.hnsw import AnnParams
@@ -33,18 +32,18 @@ def run(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.Complete
 
 
 @pytest.fixture(scope="module")
-def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_ws(index_kit, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """WORKSPACE with feature set `test` (12 items), models `fast` and `slow`, index `default`,
     and `../captions.jsonl` (8 train and 4 val items)."""
     ws = tmp_path_factory.mktemp("tiny") / "ws"
-    store = make_store(ws, count=12)
+    store = index_kit.make_store(ws, count=12)
     captions = [
-        {"media": entry.path, "caption": CAPTIONS[i % len(CAPTIONS)], "split": "train" if i < 8 else "val"}
+        {"media": entry.path, "caption": index_kit.captions[i % len(index_kit.captions)], "split": "train" if i < 8 else "val"}
         for i, entry in enumerate(store.entries().values())
     ]
     (ws.parent / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in captions))
     features = {"fingerprint": store.fingerprint(), "set": "test"}
-    for retriever in make_models(store):
+    for retriever in index_kit.make_models(store):
         save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
     fast, slow = (load_native(ws / "models" / kind, kind, "cpu") for kind in ("fast", "slow"))
     build_index(store, ws / "index" / "default", fast, slow, AnnParams(M=8, ef_construction=32, ef_search=32))
