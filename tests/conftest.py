@@ -298,6 +298,24 @@ class IndexKit:
             ))
         store.append(rows)
 
+    @staticmethod
+    def edit_item(store: FeatureStore, media: Path, item_id: str, like: str) -> None:
+        """Re-extract `item_id` after its file was edited: new bytes (size, mtime, hash), and the
+        features of item `like` (same frame count), so its new content is known."""
+        path = media / item_id
+        path.write_bytes(b"edited: " + item_id.encode())
+        source = store.load([like])
+        frames = int(source.frames[0])
+        store.append(
+            [
+                FeatureRow(
+                    id=item_id, path=str(path), kind=source.kinds[0], frames=frames, timestamps=source.timestamps[0],
+                    size=path.stat().st_size, mtime_ns=path.stat().st_mtime_ns, content_hash=f"edited-{item_id}",
+                    levels=[lv[0, :frames] for lv in source.levels],
+                )
+            ]
+        )
+
     def make_store(self, root: Path, count: int = 36, seed: int = 0) -> FeatureStore:
         """A feature set of `count` items (images and 3..8-frame videos) with existing media files."""
         store = FeatureStore(root / "features" / "test")

@@ -178,24 +178,6 @@ def test_update_adds_only_new_items_and_old_results_unchanged(index_kit, tmp_pat
     assert labels[:, 0].tolist() == list(range(30, 42))
 
 
-def edit_item(store: FeatureStore, media: Path, item_id: str, like: str) -> None:
-    """Re-extract `item_id` after its file was edited: new bytes (size, mtime, hash), and the
-    features of item `like` (same frame count), so its new content is known."""
-    path = media / item_id
-    path.write_bytes(b"edited: " + item_id.encode())
-    source = store.load([like])
-    frames = int(source.frames[0])
-    store.append(
-        [
-            FeatureRow(
-                id=item_id, path=str(path), kind=source.kinds[0], frames=frames, timestamps=source.timestamps[0],
-                size=path.stat().st_size, mtime_ns=path.stat().st_mtime_ns, content_hash=f"edited-{item_id}",
-                levels=[lv[0, :frames] for lv in source.levels],
-            )
-        ]
-    )
-
-
 def by_id(index: SearchIndex) -> dict[str, tuple]:
     """Each item of an index as (path, kind, frames, timestamps, sources, vector, frame vectors, memory), keyed by id."""
     items, off = index.items, index.frame_offsets
@@ -222,7 +204,7 @@ def test_update_follows_the_files(index_kit, tmp_path: Path, monkeypatch: pytest
     before = by_id(SearchIndex.open(directory))
     ids = sorted(before)
     edited, like, deleted, vanished = ids[3], ids[0], ids[7], ids[10]  # all images
-    edit_item(store, media, edited, like)
+    index_kit.edit_item(store, media, edited, like)
     (media / deleted).unlink()
     index_kit.add_rows(store, media, index_kit.item_specs(4, first=30), seed=1)
     entries = store.entries()

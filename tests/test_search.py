@@ -254,9 +254,9 @@ def test_models_without_a_word_vocabulary_are_not_checked(setup: tuple[Searcher,
     assert Searcher(searcher.index, SubWords(), slow).vocabulary_warning("zzz qqq") is None
 
 
-def test_results_whose_file_is_gone_are_flagged(tmp_path: Path) -> None:
-    store = make_store(tmp_path, count=6)
-    fast, slow = make_models(store)
+def test_results_whose_file_is_gone_are_flagged(index_kit, tmp_path: Path) -> None:
+    store = index_kit.make_store(tmp_path, count=6)
+    fast, slow = index_kit.make_models(store)
     build_index(store, tmp_path / "index" / "main", fast, slow)
     searcher = Searcher(SearchIndex.open(tmp_path / "index" / "main"), fast, slow)
     gone = store.entries()["item004.png"]
