@@ -7,10 +7,12 @@ Session-scoped fixtures are generated once per run; tests must not modify their 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -18,6 +20,40 @@ import pytest
 from PIL import Image
 
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, FeatureTable
+
+
+
+@dataclass
+class Ran:
+    """What a CLI run gave: the fields of `subprocess.CompletedProcess` the tests read."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | bytes | None = None) -> Ran:
+    """`fastslow ARGS` in this process (no interpreter and torch start-up per call), through
+    the console script's own `main()`, so exit codes and one-line errors are the real ones.
+
+    Click's test isolation swaps stdin/stdout/stderr and the environment for the call;
+    keep subprocesses for what needs a process of its own (imports, signals, kill -9).
+    """
+    from typer.testing import CliRunner
+
+    from fastslow_cli.cli.app import main
+
+    with CliRunner().isolation(input=stdin, env=env) as streams:
+        argv, sys.argv = sys.argv, ["fastslow", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = argv
+        return Ran(code, streams[0].getvalue().decode(), streams[1].getvalue().decode())
+
 
 CLIP_FRAMES = 24
 CLIP_FPS = 12

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Ran, run_cli
 
 from fastslow_cli.index.folder import build_index
 from fastslow_cli.index.hnsw import AnnParams
@@ -22,13 +23,9 @@ from fastslow_cli.search.retrievers import load_native
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
-def run(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FASTSLOW_WORKSPACE": str(ws)}
-    out = subprocess.run(
-        [sys.executable, "-m", "fastslow_cli", *args], capture_output=True, input=stdin, env=env, timeout=300
-    )
-    out.stdout, out.stderr = out.stdout.decode(), out.stderr.decode()
-    return out
+def run(ws: Path, *args: str, stdin: bytes | None = None) -> Ran:
+    """`fastslow ARGS` on `ws` in this process; signals and read-only mounts below use subprocesses."""
+    return run_cli(*args, env={"FASTSLOW_WORKSPACE": str(ws)}, stdin=stdin)
 
 
 @pytest.fixture(scope="module")

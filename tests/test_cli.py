@@ -1,4 +1,4 @@
-"""The CLI layer: light imports, version, usage errors and exit codes."""
+"""The CLI layer: light imports (in subprocesses), version, usage errors and exit codes (in process)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,11 @@ import sys
 
 import pytest
 
+from conftest import run_cli
+
 from fastslow_cli import __version__
 
 HEAVY = ("torch", "transformers", "pyarrow", "numpy")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fastslow_cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        input=stdin,
-        timeout=300,
-    )
 
 
 def test_help_does_not_import_heavy_modules() -> None:

@@ -20,7 +20,7 @@ from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.index.folder import IndexChunk, SearchIndex, build_index, recover, update_index, write_index, writer_lock
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
-from fastslow_cli.store.parquet import FeatureRow, FeatureStore
+from fastslow_cli.store.parquet import FeatureStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 

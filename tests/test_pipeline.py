@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import Ran, run_cli
+
 from fastslow_cli.demo.synth import SynthConfig, generate
 
 
-def cli(ws: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FASTSLOW_WORKSPACE": str(ws)}
-    return subprocess.run(
-        [sys.executable, "-m", "fastslow_cli", *args], capture_output=True, text=True, env=env, input=stdin, timeout=600
-    )
+def cli(ws: Path, *args: str, stdin: str | None = None) -> Ran:
+    """`fastslow ARGS` on workspace `ws`, in this process (conftest.run_cli)."""
+    return run_cli(*args, env={"FASTSLOW_WORKSPACE": str(ws)}, stdin=stdin)
 
 
-def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+def ok(out: Ran) -> Ran:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     return out
