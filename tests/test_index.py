@@ -7,6 +7,7 @@ on trained weights. The store and models come from conftest's `index_kit`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -486,13 +487,17 @@ def test_one_writer_at_a_time(built: tuple[FeatureStore, NativeFast, NativeSlow,
     store, fast, slow, src = built
     directory = copy_index(src, tmp_path)
     files = index_files(directory)
-    with writer_lock(directory):  # another process building or adding to this index
+    with open(directory.parent / f".{directory.name}.lock", "a+") as other:  # another process's lock
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(FastslowError, match="being written by another process"):
             build_index(store, directory, fast, slow)
         with pytest.raises(FastslowError, match="being written by another process"):
             update_index(store, directory, fast, slow)
         assert SearchIndex.open(directory).count == 36  # readers are not blocked
+        fcntl.flock(other, fcntl.LOCK_UN)
     assert index_files(directory) == files
+    with writer_lock(directory):  # this process's own lock is reentrant: update holds it through the write
+        update_index(store, directory, fast, slow)
     build_index(store, tmp_path / "index" / "other", fast, None)  # other names are independent
 
 

@@ -8,6 +8,7 @@ imports the core module it needs when it runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import os
 import sys
 from enum import Enum
@@ -186,16 +187,10 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a Fast or Slow model on stored features and a captions file (train split; best epoch on val)."""
-    from fastslow_cli.cli.progress import Events
-
-    ws = _workspace(workspace)
-    with Events() as events:
-        summary = ws.train(
-            kind.value, captions, set=set_name, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            media_root=media_root, device=device, progress=events,
-        )
-    if json_out:
-        _emit_json(summary.to_json())
+    _fit(workspace, json_out, lambda ws, events: ws.train(
+        kind.value, captions, set=set_name, out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        media_root=media_root, device=device, progress=events,
+    ))
 
 
 @app.command()
@@ -215,14 +210,19 @@ def distill(
     json_out: JsonOpt = False,
 ) -> None:
     """Distil a Slow teacher into a Fast student (KL to the teacher's scores + contrastive loss)."""
+    _fit(workspace, json_out, lambda ws, events: ws.distill(
+        captions, teacher=teacher, student=student, out=out, set=set_name, epochs=epochs, batch_size=batch_size,
+        lr=lr, seed=seed, media_root=media_root, device=device, progress=events,
+    ))
+
+
+def _fit(workspace: Path | None, json_out: bool, run: Callable[[Any, Any], Any]) -> None:
+    """Run a training step (`train`, `distill`) with its progress on stderr; the summary as JSON on request."""
     from fastslow_cli.cli.progress import Events
 
     ws = _workspace(workspace)
     with Events() as events:
-        summary = ws.distill(
-            captions, teacher=teacher, student=student, out=out, set=set_name, epochs=epochs, batch_size=batch_size,
-            lr=lr, seed=seed, media_root=media_root, device=device, progress=events,
-        )
+        summary = run(ws, events)
     if json_out:
         _emit_json(summary.to_json())
 

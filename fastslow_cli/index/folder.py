@@ -58,6 +58,7 @@ FRAME_OFFSETS = "frame_vectors.offsets.npy"
 CHUNK = 2048  # items encoded per step: bounds memory on large sets
 
 Progress = Callable[[int], None]
+_HELD: set[str] = set()  # index folders whose writer lock this process holds
 
 
 @dataclass
@@ -126,7 +127,13 @@ def _swap_in(tmp: Path, directory: Path) -> None:
 @contextmanager
 def writer_lock(directory: Path) -> Iterator[None]:
     """One writer per index (hnswlib has no lock, and two swaps could race): a second
-    build or add on the same index fails at once instead of waiting or interleaving."""
+    build or update on the same index fails at once instead of waiting or interleaving.
+    Reentrant within a process, so `update_index` can hold it from its read of the old
+    index through `write_index`."""
+    key = os.path.abspath(directory)
+    if key in _HELD:
+        yield
+        return
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.parent / f".{directory.name}.lock", "a+", encoding="utf-8") as fh:
         try:
@@ -135,9 +142,11 @@ def writer_lock(directory: Path) -> Iterator[None]:
             raise FastslowError(
                 f"index {directory} is being written by another process: wait for it to finish, or use another --name"
             ) from None
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
@@ -321,82 +330,65 @@ def write_index(
     A folder that cannot be written is refused before any chunk is encoded.
     """
     check_writable(directory)
+    extra = extra or {}
     with writer_lock(directory):
-        return _write_locked(
-            directory, chunks, fast_identity, slow_identity, slow_width, params, feature_set, feature_fingerprint,
-            progress, extra or {},
-        )
-
-
-def _write_locked(
-    directory: Path,
-    chunks: Iterable[IndexChunk],
-    fast_identity: dict[str, Any],
-    slow_identity: dict[str, Any] | None,
-    slow_width: int | None,
-    params: AnnParams,
-    feature_set: str,
-    feature_fingerprint: str,
-    progress: Progress | None,
-    extra: dict[str, Any],
-) -> int:
-    root = workspace_of(directory)
-    tmp = _new_build_dir(directory)
-    try:
-        vectors, frame_vecs, frame_offsets, memory_offsets, tables = [], [], [0], [0], []
-        count = 0
-        with open(tmp / MEMORY, "wb") as mem_fh:
-            for chunk in chunks:
-                n = len(chunk.ids)
-                frames = np.asarray(chunk.frames)
-                if len(chunk.vectors) != n or len(chunk.frame_vectors) != int(frames.sum()):
-                    raise ValueError(f"index chunk of {n} items has {len(chunk.vectors)} vectors, {len(chunk.frame_vectors)} frame vectors")
-                if (chunk.memories is None) != (slow_identity is None) or (chunk.memories is not None and len(chunk.memories) != n):
-                    raise ValueError("index chunk memories must be given, one per item, exactly when there is a Slow model")
-                vectors.append(np.asarray(chunk.vectors, dtype=np.float32))
-                frame_vecs.append(np.asarray(chunk.frame_vectors, dtype=np.float32))
-                frame_offsets.extend((frame_offsets[-1] + np.cumsum(frames)).tolist())
-                for m in chunk.memories or []:
-                    mem_fh.write(np.ascontiguousarray(m, dtype=np.float16).tobytes())
-                    memory_offsets.append(memory_offsets[-1] + m.shape[0])
-                tables.append(_items_table(chunk, np.arange(count, count + n)))
-                count += n
-                if progress is not None:
-                    progress(n)
-            mem_fh.flush()
-            os.fsync(mem_fh.fileno())
-        if not count:
-            raise ValueError("an index needs at least one item")
-        all_vectors = np.concatenate(vectors)
-        ann = AnnIndex.build(all_vectors, params, labels=np.arange(count), threads=os.cpu_count() or 1)
-        hnsw_info = ann.save(tmp)
-        kinds = pa.concat_tables(tables).column("kind").to_pylist()
-        _write_parquet(pa.concat_tables(tables), tmp / ITEMS)
-        _write_npy(np.concatenate(frame_vecs), tmp / FRAME_VECTORS)
-        _write_npy(np.asarray(frame_offsets, dtype=np.int64), tmp / FRAME_OFFSETS)
-        _write_npy(np.asarray(memory_offsets, dtype=np.int64), tmp / OFFSETS)
-        manifest = {
-            "format": FORMAT,
-            "name": directory.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "feature_set": _portable_path(feature_set, root),
-            "feature_fingerprint": feature_fingerprint,
-            "fast": _portable_model(fast_identity, root),
-            "slow": _portable_model(slow_identity, root) if slow_identity is not None else None,
-            "dim": int(all_vectors.shape[1]),
-            "count": count,
-            "images": kinds.count("image"),
-            "videos": kinds.count("video"),
-            "memory": {"width": int(slow_width), "rows": memory_offsets[-1]} if slow_identity is not None else None,
-            "hnsw": hnsw_info,
-            **extra,
-        }
-        atomic_write_json(tmp / MANIFEST, manifest)
-        _swap_in(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return count
+        root = workspace_of(directory)
+        tmp = _new_build_dir(directory)
+        try:
+            vectors, frame_vecs, frame_offsets, memory_offsets, tables = [], [], [0], [0], []
+            count = 0
+            with open(tmp / MEMORY, "wb") as mem_fh:
+                for chunk in chunks:
+                    n = len(chunk.ids)
+                    frames = np.asarray(chunk.frames)
+                    if len(chunk.vectors) != n or len(chunk.frame_vectors) != int(frames.sum()):
+                        raise ValueError(f"index chunk of {n} items has {len(chunk.vectors)} vectors, {len(chunk.frame_vectors)} frame vectors")
+                    if (chunk.memories is None) != (slow_identity is None) or (chunk.memories is not None and len(chunk.memories) != n):
+                        raise ValueError("index chunk memories must be given, one per item, exactly when there is a Slow model")
+                    vectors.append(np.asarray(chunk.vectors, dtype=np.float32))
+                    frame_vecs.append(np.asarray(chunk.frame_vectors, dtype=np.float32))
+                    frame_offsets.extend((frame_offsets[-1] + np.cumsum(frames)).tolist())
+                    for m in chunk.memories or []:
+                        mem_fh.write(np.ascontiguousarray(m, dtype=np.float16).tobytes())
+                        memory_offsets.append(memory_offsets[-1] + m.shape[0])
+                    tables.append(_items_table(chunk, np.arange(count, count + n)))
+                    count += n
+                    if progress is not None:
+                        progress(n)
+                mem_fh.flush()
+                os.fsync(mem_fh.fileno())
+            if not count:
+                raise ValueError("an index needs at least one item")
+            all_vectors = np.concatenate(vectors)
+            ann = AnnIndex.build(all_vectors, params, labels=np.arange(count), threads=os.cpu_count() or 1)
+            hnsw_info = ann.save(tmp)
+            kinds = pa.concat_tables(tables).column("kind").to_pylist()
+            _write_parquet(pa.concat_tables(tables), tmp / ITEMS)
+            _write_npy(np.concatenate(frame_vecs), tmp / FRAME_VECTORS)
+            _write_npy(np.asarray(frame_offsets, dtype=np.int64), tmp / FRAME_OFFSETS)
+            _write_npy(np.asarray(memory_offsets, dtype=np.int64), tmp / OFFSETS)
+            manifest = {
+                "format": FORMAT,
+                "name": directory.name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "feature_set": _portable_path(feature_set, root),
+                "feature_fingerprint": feature_fingerprint,
+                "fast": _portable_model(fast_identity, root),
+                "slow": _portable_model(slow_identity, root) if slow_identity is not None else None,
+                "dim": int(all_vectors.shape[1]),
+                "count": count,
+                "images": kinds.count("image"),
+                "videos": kinds.count("video"),
+                "memory": {"width": int(slow_width), "rows": memory_offsets[-1]} if slow_identity is not None else None,
+                "hnsw": hnsw_info,
+                **extra,
+            }
+            atomic_write_json(tmp / MANIFEST, manifest)
+            _swap_in(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return count
 
 
 def build_index(
@@ -475,7 +467,7 @@ def update_index(
             )
         manifest, hnsw = index.manifest, index.manifest["hnsw"]
         kept = ("created", "alpha")  # what a rebuild would lose: when it was first built, a tuned alpha
-        count = _write_locked(
+        count = write_index(
             directory,
             itertools.chain(_reused_chunks(index, sorted(keep.values())), _encoded_chunks(store, live, encode, fast, slow)),
             fast.identity,
@@ -485,7 +477,7 @@ def update_index(
             str(store.directory),
             store.fingerprint(),
             progress,
-            {**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            extra={**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         )
     return UpdateReport(added, len(encode) - added, removed, count, time.perf_counter() - started, str(directory))
 

@@ -242,24 +242,16 @@ def decode_video_av(path: Path, size: int, frames: int) -> Decoded:
     Long clips (`AV_SEEK_MIN_FRAMES`) first try seeking to each sample, as decord does.
     """
     declared = _av_declared_frames(path)
-    if declared >= AV_SEEK_MIN_FRAMES:
-        sought = _av_seek(path, size, sample_indices(declared, frames))
-        if sought is not None:
-            return Decoded(
-                frames=np.stack([f for _, f in sought]),
-                timestamps=[t for t, _ in sought],
-                decoder="av",
-                requested=frames,
-                kind="video",
-            )
-    picked, total = _av_pass(path, size, sample_indices(declared, frames) if declared else [])
-    if total != declared:
-        picked, total = _av_pass(path, size, sample_indices(total, frames) if total else [])
-    if not picked:
-        raise MediaError("no decodable frames")
+    picked = _av_seek(path, size, sample_indices(declared, frames)) if declared >= AV_SEEK_MIN_FRAMES else None
     warning = None
-    if declared and total < declared:
-        warning = f"only {total} of the {declared} frames the file declares could be decoded"
+    if picked is None:  # short clip, or one that does not seek cleanly: decode every frame
+        picked, total = _av_pass(path, size, sample_indices(declared, frames) if declared else [])
+        if total != declared:
+            picked, total = _av_pass(path, size, sample_indices(total, frames) if total else [])
+        if not picked:
+            raise MediaError("no decodable frames")
+        if declared and total < declared:
+            warning = f"only {total} of the {declared} frames the file declares could be decoded"
     return Decoded(
         frames=np.stack([f for _, f in picked]),
         timestamps=[t for t, _ in picked],

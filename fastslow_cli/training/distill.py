@@ -34,17 +34,8 @@ from fastslow_cli.models.slow import SlowModel
 from fastslow_cli.store.batches import Batcher
 from fastslow_cli.store.parquet import FeatureTable
 from fastslow_cli.text.tokenizer import TextTokenizer
-from fastslow_cli.training.loop import (
-    Callback,
-    Pair,
-    Step,
-    TrainArgs,
-    TrainResult,
-    ValSet,
-    check_pairs,
-    train_loop,
-    validator,
-)
+from fastslow_cli.training.loop import Callback, Pair, Step, TrainArgs, TrainResult, ValSet
+from fastslow_cli.training.loop import check_pairs, train_loop, validator
 
 
 @dataclass

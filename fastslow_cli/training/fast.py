@@ -11,18 +11,8 @@ from fastslow_cli.models.encode import fast_batcher
 from fastslow_cli.models.fast import FastConfig, FastModel
 from fastslow_cli.store.parquet import FeatureTable
 from fastslow_cli.text.tokenizer import TextTokenizer
-from fastslow_cli.training.loop import (
-    Callback,
-    Pair,
-    Step,
-    TrainArgs,
-    TrainResult,
-    ValSet,
-    fit_config,
-    prepare,
-    train_loop,
-    validator,
-)
+from fastslow_cli.training.loop import Callback, Pair, Step, TrainArgs, TrainResult, ValSet
+from fastslow_cli.training.loop import fit_config, prepare, train_loop, validator
 
 
 def train_fast(

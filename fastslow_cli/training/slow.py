@@ -12,18 +12,8 @@ from fastslow_cli.models.encode import slow_batcher
 from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.store.parquet import FeatureTable
 from fastslow_cli.text.tokenizer import TextTokenizer
-from fastslow_cli.training.loop import (
-    Callback,
-    Pair,
-    SlowTrainArgs,
-    Step,
-    TrainResult,
-    ValSet,
-    fit_config,
-    prepare,
-    train_loop,
-    validator,
-)
+from fastslow_cli.training.loop import Callback, Pair, SlowTrainArgs, Step, TrainResult, ValSet
+from fastslow_cli.training.loop import fit_config, prepare, train_loop, validator
 
 
 def train_slow(
