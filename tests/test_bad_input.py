@@ -185,3 +185,16 @@ def test_check_writable_probes_without_leaving_anything(tmp_path: Path) -> None:
     (tmp_path / "models").write_text("a file where a folder should be")
     with pytest.raises(FastslowError, match=r"models is a file, not a folder"):
         check_writable(tmp_path / "models" / "fast")
+
+
+@pytest.mark.parametrize("fmt", [["--json"], []])
+def test_a_reader_that_goes_away_is_not_an_error(tiny_ws: Path, fmt: list[str]) -> None:
+    """`fastslow search - | head -1`: once the reader has what it wants, exit 0 and say nothing
+    (click turned the broken pipe into exit 1, which fails `set -o pipefail` scripts)."""
+    env = {**os.environ, "FASTSLOW_WORKSPACE": str(tiny_ws)}
+    script = f"{sys.executable} -m fastslow_cli search - -k 12 {' '.join(fmt)} | head -c 1"
+    queries = "".join(f"a red circle {i}\n" for i in range(300)).encode()
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", script], input=queries, capture_output=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stderr.decode() == ""

@@ -8,9 +8,10 @@ imports the core module it needs when it runs.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -76,10 +77,25 @@ def _root(
     """fastslow: fast and accurate text-to-visual search on your own collections."""
 
 
+class _ReaderGone(Exception):
+    """stdout's reader went away (`fastslow search ... | head`): done, not an error."""
+
+
+@contextmanager
+def _to_stdout() -> Iterator[None]:
+    """Around writes to stdout: a broken pipe leaves as `_ReaderGone`, since click would
+    turn the BrokenPipeError itself into exit 1 (which fails `set -o pipefail` scripts)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise _ReaderGone from None
+
+
 def _emit_json(obj: dict[str, Any]) -> None:
     """One JSON object per line on stdout, flushed so pipes (`| jq`) see it at once."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    with _to_stdout():
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
 
 
 def _workspace(option: Path | None, models: bool = True) -> Any:
@@ -355,7 +371,8 @@ def search(
             for r in results:
                 _emit_json(r.to_json())
         else:
-            render_results(results)
+            with _to_stdout():
+                render_results(results)
     if missing:
         name = searcher.index.directory.name
         _say(
@@ -464,7 +481,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:  # between here and typer's own handler
         code = INTERRUPT_EXIT
-    except BrokenPipeError:
+    except (_ReaderGone, BrokenPipeError):
         # `fastslow search ... | head`: the reader went away; that is not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

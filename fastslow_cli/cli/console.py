@@ -17,7 +17,18 @@ from rich.progress import (
 from rich.text import Text
 
 err_console = Console(stderr=True)
-out_console = Console()
+
+
+class _Stdout(Console):
+    """The results console: when its reader goes away (`fastslow search ... | head`), the
+    command ends quietly with exit 0 (`cli.app.main`), not with rich's exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+out_console = _Stdout()
 
 
 def make_progress(*extra_columns: object, transient: bool = False) -> Progress:
