@@ -316,6 +316,19 @@ class Workspace:
         slow_path = index.model_location("slow") if need_slow else None
         return fast, load_slow(slow_path, device) if slow_path else None
 
+    def export_models(self, names: Sequence[str], progress: Progress | None = None) -> list[dict[str, Any]]:
+        """Write (again) the ONNX query graph of each native model named, even when
+        FASTSLOW_ONNX_EXPORT=0: asking by name is asking for it. One record per model."""
+        from fastslow_cli.models.files import is_native
+
+        out = []
+        for name in names:
+            path = self.resolve_model(name)
+            if not is_native(path):
+                raise UsageError(f"{name} is not a native fastslow model: only those have ONNX graphs (Hugging Face models run on torch)")
+            out.append(_export_graph(Path(path), progress))
+        return out
+
     # ---- index ------------------------------------------------------------------------
     def build_index(
         self,
@@ -350,6 +363,7 @@ class Workspace:
         for m, what in ((fast_model, "Fast"), (slow_model, "Slow")):
             if m is not None:
                 _check_fingerprint(store, fingerprint, m.identity, what)
+        _export_missing_graphs([m for m in (fast_model, slow_model) if m is not None], progress)
         _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
         report = build_index(
             store, directory, fast_model, slow_model, params,
@@ -370,6 +384,7 @@ class Workspace:
         index = SearchIndex.open(directory)
         check_writable(directory)  # before loading models (update_index checks again, for other callers)
         fast, slow = self._index_models(index, device, need_slow=True)
+        _export_missing_graphs([m for m in (fast, slow) if m is not None], progress)
         store = self.store(set, progress) if set else FeatureStore(index.feature_set_dir, notify=progress)
         store.manifest()  # a clear error when the set does not exist
         _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
@@ -387,17 +402,32 @@ class Workspace:
         return read_manifest(self.index_dir(name or self.default_index()))
 
     # ---- search -----------------------------------------------------------------------
-    def searcher(self, index: str | None = None, *, rerank: bool = True, device: str = "auto") -> Searcher:
+    def searcher(
+        self,
+        index: str | None = None,
+        *,
+        rerank: bool = True,
+        device: str = "auto",
+        engine: str = "auto",
+        progress: Progress | None = None,
+    ) -> Searcher:
         """A `Searcher` over an index: its models and item table are loaded once.
 
         `rerank=False` skips loading the Slow model (searches then cannot re-rank).
+        `engine` is auto, onnx or torch (`search/loading.py`): auto runs native models on
+        ONNX Runtime without importing torch when their graphs are there, else on torch,
+        and then says why in a `note` event. `Searcher.engine` tells which ran.
         """
         from fastslow_cli.index.folder import SearchIndex
+        from fastslow_cli.search.loading import load_query_models
         from fastslow_cli.search.searcher import Searcher
 
         opened = SearchIndex.open(self.index_dir(index or self.default_index()))
-        fast, slow = self._index_models(opened, device, need_slow=rerank)
-        return Searcher(opened, fast, slow)
+        slow_path = opened.model_location("slow") if rerank else None
+        models = load_query_models(opened.model_location("fast"), slow_path, device, engine)
+        if models.note:
+            _emit(progress, "note", message=models.note)
+        return Searcher(opened, models.fast, models.slow, engine=models.engine)
 
     # ---- eval -------------------------------------------------------------------------
     def evaluate(
@@ -476,12 +506,42 @@ def _save_trained(
     """Checkpoint + `train_log.jsonl` (one record per epoch); the summary of the best epoch."""
     from fastslow_cli.atomic import atomic_write_text
     from fastslow_cli.models.checkpoint import save_model
+    from fastslow_cli.models.files import export_enabled
 
     save_model(model_dir, result.model, result.tokenizer, features, training=training, extra={"best": result.best})
     atomic_write_text(model_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
+    if export_enabled():
+        _export_graph(model_dir, progress, result.model)
     best = {k: v for k, v in result.best.items() if k != "best"}
     _emit(
         progress, "info",
         message=f"saved {model_dir}: best epoch {best.get('epoch')} with val R@1 {best.get('val_R@1', float('nan')):.1f}",
     )
     return TrainSummary(model_dir.name, str(model_dir), kind, best)
+
+
+def _export_graph(model_dir: Path, progress: Progress | None, model: Any = None) -> dict[str, Any]:
+    """Export one model's ONNX query graph (models/export.py), telling `progress` (it takes seconds)."""
+    import time
+
+    from fastslow_cli.models.export import export_query_graph
+
+    _emit(progress, "phase", message=f"exporting the ONNX query graph of {model_dir.name}")
+    started = time.perf_counter()
+    graph = export_query_graph(model_dir, model)
+    seconds = time.perf_counter() - started
+    _emit(progress, "info", message=f"wrote {graph} in {seconds:.1f} s (search runs on it without torch)")
+    return {"model": model_dir.name, "graph": str(graph), "seconds": round(seconds, 2)}
+
+
+def _export_missing_graphs(models: Sequence[Any], progress: Progress | None) -> None:
+    """Give native models an index is built or updated with their ONNX graph when they lack
+    a current one (models saved before graphs existed, or with FASTSLOW_ONNX_EXPORT=0 then)."""
+    from fastslow_cli.models.files import export_enabled, is_native, query_graph
+
+    if not export_enabled():
+        return
+    for model in models:
+        path = Path(str(model.identity.get("path", "")))
+        if is_native(path) and query_graph(path)[0] is None:
+            _export_graph(path, progress)

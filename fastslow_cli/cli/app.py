@@ -38,6 +38,8 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Build and inspect the HNSW search index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+models_app = typer.Typer(help="Manage trained models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 WorkspaceOpt = Annotated[
     Optional[Path],
@@ -54,6 +56,12 @@ JsonOpt = Annotated[
 ]
 SetOpt = Annotated[str, typer.Option("--set", help="Feature set name (a folder under features/).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N or mps.")]
+
+
+class Engine(str, Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
 
 
 class Decoder(str, Enum):
@@ -114,6 +122,12 @@ def _say(message: str) -> None:
     from fastslow_cli.cli.console import err_console
 
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _note(event: dict[str, Any]) -> None:
+    """A core event as one stderr line (for commands that draw no progress)."""
+    if event.get("event") in ("note", "warning", "info"):
+        _say(f"{event['event']}: {event['message']}" if event["event"] != "info" else event["message"])
 
 
 @app.command()
@@ -328,6 +342,23 @@ def index_info(workspace: WorkspaceOpt = None, name: UseIndexOpt = None, json_ou
         render_index_info(manifest)
 
 
+@models_app.command("export")
+def models_export(
+    names: Annotated[list[str], typer.Argument(help="Models: names under WORKSPACE/models or folders.", show_default=False)],
+    workspace: WorkspaceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the ONNX query graph of native models (training writes it; this is for older models)."""
+    from fastslow_cli.cli.progress import Events
+
+    ws = _workspace(workspace, models=False)
+    with Events() as events:
+        rows = ws.export_models(names, progress=events)
+    if json_out:
+        for row in rows:
+            _emit_json(row)
+
+
 @app.command()
 def search(
     queries: Annotated[list[str], typer.Argument(help="Queries; '-' reads one per line from stdin.", show_default=False)],
@@ -340,6 +371,13 @@ def search(
     ef: Annotated[Optional[int], typer.Option(min=1, help="HNSW search beam (default: the index's).")] = None,
     index: UseIndexOpt = None,
     device: DeviceOpt = "auto",
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="What runs the models: onnx (ONNX Runtime, no torch start-up), torch, or auto "
+            "(onnx when the models' graphs are there, else torch with a note).",
+        ),
+    ] = Engine.auto,
     json_out: JsonOpt = False,
 ) -> None:
     """Search the index with natural-language queries."""
@@ -349,7 +387,13 @@ def search(
 
     if not queries:
         raise UsageError("no query given: `fastslow search \"a red car\"`, or `-` to read queries from stdin")
-    searcher = _workspace(workspace).searcher(index, rerank=rerank > 0, device=device)
+    searcher = _workspace(workspace, models=False).searcher(
+        index, rerank=rerank > 0, device=device, engine=engine.value, progress=_note
+    )
+    if searcher.engine == "torch":  # ONNX Runtime sizes its own thread pool
+        from fastslow_cli.runtime import use_all_cores
+
+        use_all_cores()
     skipped = 0
     missing: set[str] = set()
     for query in read_queries(queries):
@@ -451,6 +495,7 @@ INTERRUPTED = {
     "distill": "nothing was saved (a model is written only when distillation ends); run the command again",
     "index build": "the index was not changed (a new one is swapped in only when complete); run the command again",
     "index update": "the index was not changed (it is swapped in only when complete); run the command again",
+    "models export": "a graph is swapped in only when complete; run the command again for the models not reported",
     "index add": "the index was not changed (it is swapped in only when complete); run the command again",
     "search": "the results printed are complete; queries not yet answered were not searched, run them again",
     "eval": "eval writes nothing; run the command again",
@@ -511,7 +556,7 @@ def _internal_error(exc: Exception) -> None:
 def _command_name(args: list[str]) -> str:
     """'extract', 'index build', ...: the command words of `args` (the root takes no option values)."""
     words = [a for a in args if not a.startswith("-")][:2]
-    return " ".join(words) if words[:1] == ["index"] else " ".join(words[:1])
+    return " ".join(words) if words[:1] in (["index"], ["models"]) else " ".join(words[:1])
 
 
 def _command_path(ctx: Any) -> str:

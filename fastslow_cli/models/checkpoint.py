@@ -9,7 +9,6 @@ trained on (fingerprint and level shapes) so it is never run on other features.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,14 +19,17 @@ from safetensors.torch import load_file, save_file
 from fastslow_cli.atomic import atomic_path, atomic_write_json, file_sha256
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.models.fast import FastConfig, FastModel
+from fastslow_cli.models.files import (
+    CONFIG,
+    FORMAT,
+    FORMAT_VERSION,
+    TOKENIZER,
+    WEIGHTS,
+    read_config,
+)
 from fastslow_cli.models.slow import SlowConfig, SlowModel
 from fastslow_cli.text.tokenizer import TextTokenizer
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-TOKENIZER = "tokenizer.json"
-FORMAT = "fastslow-model"
-FORMAT_VERSION = 1
 KINDS = {"fast": (FastConfig, FastModel), "slow": (SlowConfig, SlowModel)}
 
 
@@ -78,22 +80,6 @@ def save_model(
     }
     atomic_write_json(model_dir / CONFIG, config)
     return model_dir
-
-
-def read_config(model_dir: str | Path) -> dict[str, Any]:
-    """The parsed `config.json` of a model folder, checked for format and kind."""
-    path = Path(model_dir) / CONFIG
-    if not path.is_file():
-        raise FastslowError(f"{path} not found: train a model first (fastslow train fast|slow) or check --workspace")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FastslowError(f"{path} is not valid JSON: retrain the model") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("kind") not in KINDS:
-        raise FastslowError(f"{path} is not a fastslow model config: retrain the model")
-    if config.get("version", 0) > FORMAT_VERSION:
-        raise FastslowError(f"{path} was written by a newer fastslow: upgrade fastslow")
-    return config
 
 
 def check_features(config: dict[str, Any], fingerprint: str | None, level_shapes: Any, where: str) -> None:

@@ -104,5 +104,6 @@ class FastModel(nn.Module):
 
 def _with_cls(cls: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Prepend a learnt summary token; its final state is the sequence's embedding."""
-    x = torch.cat([cls.expand(len(x), -1, -1), x], dim=1)
-    return x, torch.cat([torch.ones(len(mask), 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+    # shape[0], not len(): len() is a Python int, which would fix the batch size of an exported graph
+    x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+    return x, torch.cat([torch.ones(mask.shape[0], 1, dtype=torch.bool, device=mask.device), mask], dim=1)

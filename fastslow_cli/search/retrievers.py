@@ -18,8 +18,6 @@ such method: their sub-word (BPE/WordPiece) tokenizers spell any word in known p
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,8 +25,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fastslow_cli.models.checkpoint import CONFIG, FORMAT
-from fastslow_cli.models.encode import fast_batcher, fast_item_vectors, fast_text_vectors, slow_batcher, slow_item_memories
+from fastslow_cli.models.encode import (
+    fast_batcher,
+    fast_item_vectors,
+    fast_text_vectors,
+    slow_batcher,
+    slow_item_memories,
+)
+from fastslow_cli.models.files import is_native, native_identity
 from fastslow_cli.store.parquet import FeatureTable
 
 # Items padded and scored per step by `NativeSlow.score`; a multiple of `score_matrix`'s
@@ -134,30 +138,6 @@ class NativeSlow(_WordVocabulary):
                 scores = self.model.score_matrix(ids, mask, memory, memory_mask)
                 out[:, cols] = scores.float().cpu().numpy()
         return out
-
-
-def is_native(path: str | Path) -> bool:
-    """A fastslow model folder (as opposed to a Hugging Face folder or hub id)."""
-    config = Path(path) / CONFIG
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def native_identity(path: str | Path, config: dict[str, Any]) -> dict[str, Any]:
-    """What an index records of a model: where it is and a hash of exactly its weights + tokenizer."""
-    sha = config.get("sha256", {})
-    digest = hashlib.sha256(json.dumps(sha, sort_keys=True).encode()).hexdigest()
-    return {
-        "name": Path(path).name,
-        "path": str(Path(path).resolve()),
-        "kind": config["kind"],
-        "content_hash": digest,
-        "fingerprint": config.get("features", {}).get("fingerprint"),
-    }
 
 
 def load_native(path: str | Path, kind: str, device: str | None = None) -> NativeFast | NativeSlow:

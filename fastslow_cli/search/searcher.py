@@ -107,11 +107,14 @@ def rank_candidates(fast: np.ndarray, slow: np.ndarray | None, alpha: float) -> 
 class Searcher:
     """Models and index loaded once; `search` answers one query in milliseconds."""
 
-    def __init__(self, index: SearchIndex, fast: FastRetriever, slow: SlowRetriever | None = None) -> None:
+    def __init__(
+        self, index: SearchIndex, fast: FastRetriever, slow: SlowRetriever | None = None, engine: str = "torch"
+    ) -> None:
         index.check_models(fast, slow)
         self.index = index
         self.fast = fast
         self.slow = slow
+        self.engine = engine  # what runs the models: "onnx" (ONNX Runtime) or "torch"
 
     @property
     def default_alpha(self) -> float:

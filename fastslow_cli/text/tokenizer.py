@@ -8,6 +8,10 @@ Text is NFKC-normalised and lowercased, punctuation is split off, words rarer th
 `min_frequency` in training become `[UNK]`, and every sequence is
 `[BOS] w1 .. wn [EOS]`, truncated to `max_len` tokens. Any string encodes; nothing
 a user types can make it crash.
+
+Ids come as numpy arrays (`encode_batch_np`, what the ONNX query path feeds its graphs)
+or as torch tensors (`encode_batch`, the same arrays wrapped): torch is imported only for
+the latter, so the query path without torch tokenises with this same class.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from tokenizers.processors import TemplateProcessing
@@ -24,6 +29,9 @@ from tokenizers.trainers import WordLevelTrainer
 
 from fastslow_cli.atomic import atomic_write_text
 from fastslow_cli.errors import FastslowError
+
+if TYPE_CHECKING:
+    import torch
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN]
@@ -96,8 +104,15 @@ class TextTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Ids (B, L) padded with `PAD_ID` to the longest text, and the mask (B, L) of real tokens."""
+        import torch
+
+        ids, mask = self.encode_batch_np(texts)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def encode_batch_np(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_batch` as numpy arrays: int64 ids (B, L) and a boolean mask (B, L)."""
         rows = [enc.ids for enc in self._tok.encode_batch([_clean(t) for t in texts])]
-        return pad_ids(rows)
+        return pad_ids_np(rows)
 
     def words(self, text: str) -> list[tuple[str, bool]]:
         """The words of `text` the model reads (up to `max_len` tokens; punctuation and symbols
@@ -121,13 +136,21 @@ def _clean(text: str) -> str:
     return text if isinstance(text, str) else str(text)
 
 
-def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack id lists into (B, L) ids and a boolean mask; L >= 2 so shapes stay valid."""
+def pad_ids_np(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack id lists into (B, L) int64 ids and a boolean mask; L >= 2 so shapes stay valid."""
     length = max([2, *(len(r) for r in rows)])
-    ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
+    ids = np.full((len(rows), length), PAD_ID, dtype=np.int64)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        ids[i, : len(row)] = row
     return ids, ids != PAD_ID
+
+
+def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pad_ids_np` as torch tensors (long ids, boolean mask)."""
+    import torch
+
+    ids, mask = pad_ids_np(rows)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def reverse_tokens(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -136,6 +159,8 @@ def reverse_tokens(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     `[BOS] a b c [EOS] [PAD]` -> `[BOS] c b a [EOS] [PAD]`: the input of the right-to-left
     decoder, which then reads and predicts the caption backwards.
     """
+    import torch
+
     lengths = mask.sum(dim=1, keepdim=True)  # includes BOS and EOS
     pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
     inner = (pos >= 1) & (pos <= lengths - 2)
