@@ -19,8 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastslow_cli.models.files import EXPORT_SWITCH
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, FeatureTable
 
+# Saving a model exports its ONNX graph (about 5 s each here): off for the suite, so the many
+# tests that train or save models do not all pay it; `onnx_export` turns it back on for a module
+# (the ONNX tests and the CLI end-to-end ones), `onnx_models` exports tiny models once per session.
+os.environ[EXPORT_SWITCH] = "0"
 
 
 @dataclass
@@ -390,3 +395,35 @@ class IndexKit:
 def index_kit() -> IndexKit:
     """Tiny feature stores and random-init retrievers for index and search tests (see `IndexKit`)."""
     return IndexKit()
+
+
+@pytest.fixture(scope="module")
+def onnx_export() -> Iterator[None]:
+    """Saving a model writes its ONNX graph again, for a module (`pytestmark = usefixtures(...)`
+    or as a module fixture's argument): what a user gets by default."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(EXPORT_SWITCH, "1")
+        yield
+
+
+@pytest.fixture(scope="session")
+def onnx_models(index_kit: IndexKit, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A workspace (`ws`) with 36 tiny random items (`store`), Fast and Slow models saved as
+    models/fast and models/slow with their ONNX graphs (exported once per session), and an
+    index 'default' built with them."""
+    from fastslow_cli.models.checkpoint import save_model
+    from fastslow_cli.models.export import export_query_graph
+    from fastslow_cli.workspace import Workspace
+
+    ws = tmp_path_factory.mktemp("onnx") / "ws"
+    store = FeatureStore(ws / "features" / "default")
+    store.ensure({"name": "test-backbone"}, index_kit.shapes, 8)
+    media = ws.parent / "media"
+    media.mkdir()
+    index_kit.add_rows(store, media, index_kit.item_specs(36), seed=0)
+    features = {"fingerprint": store.fingerprint(), "set": "default"}
+    for retriever in index_kit.make_models(store):
+        folder = save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
+        export_query_graph(folder, retriever.model)
+    Workspace(ws).build_index(device="cpu")
+    return {"ws": ws, "store": store}

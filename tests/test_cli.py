@@ -31,7 +31,7 @@ def test_help_does_not_import_heavy_modules() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("sub", [["extract", "--help"], ["train", "--help"], ["search", "--help"], ["index", "--help"]])
+@pytest.mark.parametrize("sub", [["extract", "--help"], ["train", "--help"], ["search", "--help"], ["index", "--help"], ["models", "export", "--help"]])
 def test_subcommand_help_is_light(sub: list[str]) -> None:
     code = (
         "import sys\n"

@@ -94,3 +94,25 @@ def test_reverse_tokens_keeps_bos_eos_and_padding() -> None:
         [BOS_ID, EOS_ID, PAD_ID, PAD_ID, PAD_ID],
     ]
     assert torch.equal(reverse_tokens(rev, mask), ids)
+
+
+def test_numpy_batch_is_the_torch_batch_without_torch(tok: TextTokenizer) -> None:
+    """The ONNX query path tokenises with `encode_batch_np`: the same ids and mask as `encode_batch`."""
+    import numpy as np
+
+    texts = ["", "a red circle", "a zebra left of a blue square " * 5]
+    ids, mask = tok.encode_batch_np(texts)
+    assert ids.dtype == np.int64 and mask.dtype == np.bool_ and ids.shape == (3, 8)
+    t_ids, t_mask = tok.encode_batch(texts)
+    assert t_ids.dtype == torch.long and t_mask.dtype == torch.bool
+    assert np.array_equal(t_ids.numpy(), ids) and np.array_equal(t_mask.numpy(), mask)
+    assert ids[1].tolist()[:6] == tok.encode("a red circle") + [PAD_ID]
+
+
+def test_the_tokenizer_module_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; import fastslow_cli.text.tokenizer; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
