@@ -18,6 +18,7 @@ from conftest import Ran, run_cli
 from fastslow_cli.index.folder import build_index
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.models.checkpoint import save_model
+from fastslow_cli.models.export import export_query_graph
 from fastslow_cli.search.retrievers import load_native
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
@@ -30,7 +31,7 @@ def run(ws: Path, *args: str, stdin: bytes | None = None) -> Ran:
 
 @pytest.fixture(scope="module")
 def tiny_ws(index_kit, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """WORKSPACE with feature set `test` (12 items), models `fast` and `slow`, index `default`,
+    """WORKSPACE with feature set `test` (12 items), models `fast` and `slow` (ONNX graphs too), index `default`,
     and `../captions.jsonl` (8 train and 4 val items)."""
     ws = tmp_path_factory.mktemp("tiny") / "ws"
     store = index_kit.make_store(ws, count=12)
@@ -40,8 +41,9 @@ def tiny_ws(index_kit, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     (ws.parent / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in captions))
     features = {"fingerprint": store.fingerprint(), "set": "test"}
-    for retriever in index_kit.make_models(store):
+    for retriever in index_kit.make_models(store):  # with their ONNX graphs, as a user's models come
         save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
+        export_query_graph(ws / "models" / retriever.kind, retriever.model)
     fast, slow = (load_native(ws / "models" / kind, kind, "cpu") for kind in ("fast", "slow"))
     build_index(store, ws / "index" / "default", fast, slow, AnnParams(M=8, ef_construction=32, ef_search=32))
     return ws

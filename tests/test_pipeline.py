@@ -32,8 +32,9 @@ def ok(out: Ran) -> Ran:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A workspace with features, a fast, a slow and a distilled model and an index."""
+def trained(tmp_path_factory: pytest.TempPathFactory, onnx_export: None) -> dict[str, Path]:
+    """A workspace with features, a fast, a slow and a distilled model (with their ONNX
+    graphs, as a user gets them) and an index."""
     root = tmp_path_factory.mktemp("pipeline")
     data, ws = root / "data", root / "ws"
     captions = generate(data, SynthConfig(n_images=120, n_videos=16, seed=3))
@@ -49,14 +50,19 @@ def test_models_and_index_exist(trained: dict[str, Path]) -> None:
     ws = trained["ws"]
     for name in ("fast", "slow", "distilled"):
         folder = ws / "models" / name
-        assert {"config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl"} <= {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl", "query.onnx", "query.onnx.json"} <= {
+            p.name for p in folder.iterdir()
+        }
     for name in ("fast", "slow"):  # --batch-size 32 was used as given, not fitted to the data
         assert json.loads((ws / "models" / name / "config.json").read_text())["training"]["batch_size"] == 32
     info = json.loads(ok(cli(ws, "index", "info", "--json")).stdout)
     assert info["count"] == 136 and info["slow"] is not None
 
 
-def test_training_without_a_val_split_holds_some_items_out(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_training_without_a_val_split_holds_some_items_out(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASTSLOW_ONNX_EXPORT", "0")  # what this test trains is never searched
     captions = [json.loads(line) for line in trained["captions"].read_text().splitlines()]
     no_val = tmp_path / "no_val.jsonl"  # elsewhere than the media: paths made absolute
     no_val.write_text("".join(json.dumps({**c, "media": str(trained["data"] / c["media"])}) + "\n"
@@ -127,6 +133,12 @@ def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> Non
     assert all(set(r) == keys for r in rows)
     assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
     assert all((r["timestamp"] is None) == (r["kind"] == "image") for r in rows)
+    # Those ran on ONNX Runtime (the trained models have their graphs); torch gives the same answers.
+    on_torch = ok(cli(ws, "search", "-", "--json", "-k", "5", "--rerank", "10", "--engine", "torch",
+                      stdin="\n".join(queries) + "\n")).stdout
+    torch_rows = [json.loads(line) for line in on_torch.splitlines()]
+    assert [r["id"] for r in torch_rows] == [r["id"] for r in rows]
+    assert np.allclose([r["score"] for r in torch_rows], [r["score"] for r in rows], atol=1e-4, rtol=0)
 
 
 def _jq(x: float) -> str:
