@@ -169,3 +169,18 @@ def test_engine_and_device_choices(onnx_models: dict[str, Any]) -> None:
     assert out.returncode == 2 and "tensorrt" in out.stderr and "Traceback" not in out.stderr
     out = cli(ws, "models", "export", "no-such-model")
     assert out.returncode == 1 and "no model 'no-such-model'" in out.stderr
+
+
+def test_the_demo_check_compares_the_engines(onnx_models: dict[str, Any], copied: Path) -> None:
+    from fastslow_cli.cli.render import onnx_check_line
+    from fastslow_cli.demo.pipeline import engine_check
+
+    check = engine_check(Workspace(onnx_models["ws"]), "default", QUERIES, k=10, rerank=20)
+    assert check["ran"] and check["passed"] and check["same_top_k"] == len(QUERIES)
+    assert 0 <= check["max_score_diff"] <= 1e-4
+    assert onnx_check_line(check).startswith(f"ONNX Runtime vs torch, {len(QUERIES)} test captions, top-10 re-ranked by 20: same answers")
+
+    (copied / "models" / "fast" / GRAPH).unlink()
+    check = engine_check(Workspace(copied), "default", QUERIES)
+    assert not check["ran"] and "it has no ONNX graph" in check["why"]
+    assert onnx_check_line(check).startswith("ONNX check not run: --engine onnx: model fast")

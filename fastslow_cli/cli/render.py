@@ -144,7 +144,7 @@ class DemoEvents(Events):
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind in ("section", "extracted", "evaluated", "searched"):
+        if kind in ("section", "extracted", "evaluated", "searched", "onnx_checked"):
             self.close()  # the step's bars end before its result or the next step is shown
         if kind == "section":
             err_console.rule(event["title"])
@@ -158,9 +158,23 @@ class DemoEvents(Events):
             super().__call__(event)
 
 
+def onnx_check_line(check: dict[str, Any]) -> str:
+    """The demo's ONNX-against-torch check as one line."""
+    if not check.get("ran"):
+        return f"ONNX check not run: {check.get('why')}"
+    verdict = "same answers" if check["passed"] else "DIFFERENT answers"
+    return (
+        f"ONNX Runtime vs torch, {check['queries']} test captions, top-{check['k']} re-ranked by {check['rerank']}: "
+        f"{verdict} (identical top-{check['k']} for {check['same_top_k']}/{check['queries']}, "
+        f"largest score difference {check['max_score_diff']:.1e}, tolerance {check['tolerance']:.0e})"
+    )
+
+
 def render_demo_end(ws: Workspace, result: dict[str, Any]) -> None:
-    """Where the time went, and the commands to try next on the demo's index."""
+    """Where the time went, the ONNX check, and the commands to try next on the demo's index."""
     seconds = result["seconds"]
+    if "onnx_check" in result:
+        err_console.print(onnx_check_line(result["onnx_check"]), markup=False, highlight=False, soft_wrap=True)
     err_console.print(
         "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + f"; total {sum(seconds.values()):.0f}s",
         markup=False,

@@ -55,6 +55,46 @@ def make_dataset(data_dir: Path, quick: bool, progress: Progress | None = None) 
     return generate(data_dir, config, progress=lambda k: emit({"event": "advance", "stage": "synth dataset", "n": k}))
 
 
+ONNX_CHECK_QUERIES = 50
+ONNX_CHECK_TOLERANCE = 1e-4
+
+
+def split_captions(captions: Path, count: int) -> list[str]:
+    """The first `count` distinct captions of the test split of a captions file."""
+    out: list[str] = []
+    for line in Path(captions).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("split") == "test" and row["caption"] not in out:
+            out.append(row["caption"])
+    return out[:count]
+
+
+def engine_check(workspace: Workspace, index: str, queries: list[str], k: int = 10, rerank: int = DEMO_RERANK) -> dict[str, Any]:
+    """Search `queries` through ONNX Runtime and through torch: whether every top-`k` (re-ranked
+    by `rerank`) is the same list in the same order, and the largest score difference
+    (`score`, `fast_score`, `slow_score`). `ran` is False, with `why`, where the index's
+    models have no current graphs (FASTSLOW_ONNX_EXPORT=0 when they were saved)."""
+    from fastslow_cli.errors import FastslowError
+
+    try:
+        onnx = workspace.searcher(index, device="cpu", engine="onnx")
+    except FastslowError as exc:
+        return {"ran": False, "why": str(exc), "queries": 0}
+    torch = workspace.searcher(index, device="cpu", engine="torch")
+    same, worst = 0, 0.0
+    for query in queries:
+        a, b = onnx.search(query, k=k, rerank=rerank), torch.search(query, k=k, rerank=rerank)
+        same += [r.id for r in a] == [r.id for r in b]
+        for x, y in zip(a, b):
+            pairs = [(x.score, y.score), (x.fast_score, y.fast_score), (x.slow_score or 0.0, y.slow_score or 0.0)]
+            worst = max(worst, *(abs(p - q) for p, q in pairs))
+    return {
+        "ran": True, "queries": len(queries), "k": k, "rerank": rerank, "same_top_k": same,
+        "max_score_diff": worst, "passed": same == len(queries) and worst <= ONNX_CHECK_TOLERANCE,
+        "tolerance": ONNX_CHECK_TOLERANCE,
+    }
+
+
 EXAMPLE_QUERIES = (
     "a red circle left of a blue square",
     "a blue square left of a red circle",
@@ -65,7 +105,8 @@ EXAMPLE_QUERIES = (
 def run_demo(
     workspace: Workspace, out: Path | None = None, quick: bool = False, device: str = "auto", progress: Progress | None = None
 ) -> dict[str, Any]:
-    """synth -> extract -> train fast -> train slow -> distill -> index -> eval -> searches.
+    """synth -> extract -> train fast -> train slow -> distill -> index -> eval -> searches,
+    then the ONNX query path checked against torch on 50 test captions (`engine_check`).
 
     The demo's index becomes the workspace's default, so a plain `fastslow search` works next.
     """
@@ -105,9 +146,12 @@ def run_demo(
                                   rerank=DEMO_RERANK, queries=DEMO_QUERIES, device=device, progress=progress)
         emit({"event": "evaluated", "rows": rows, "split": "test"})
     emit({"event": "section", "title": "example searches (re-ranked)"})
-    searcher = workspace.searcher(index, device=device)
+    searcher = workspace.searcher(index, device=device, progress=progress)
     for query in EXAMPLE_QUERIES:
         emit({"event": "searched", "results": searcher.search(query, k=3, rerank=DEMO_RERANK)})
+    with step("ONNX Runtime against torch", "onnx check"):
+        onnx = engine_check(workspace, index, split_captions(captions, ONNX_CHECK_QUERIES))
+        emit({"event": "onnx_checked", "check": onnx})
     return {
         "captions": str(captions),
         "feature_set": set_name,
@@ -115,5 +159,6 @@ def run_demo(
         "models": {"fast": fast, "slow": slow, "distilled": distilled},
         "extract": summary.to_json(),
         "eval": rows,
+        "onnx_check": onnx,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
