@@ -16,6 +16,7 @@ from fastslow_cli.media.decode import AV_SEEK_MIN_FRAMES
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "bench_search.py": ["--sizes", "200", "--train-images", "40", "--train-videos", "4", "--recall-queries", "50"],
+    "bench_cli.py": [],
     "bench_decode.py": ["--width", "96", "--height", "64", "--seconds", "1", "--long-seconds", str(AV_SEEK_MIN_FRAMES / 25),
                         "--frames", "4", "--extract-images", "4", "--extract-videos", "2", "--extract-copies", "1"],
 }
@@ -58,3 +59,16 @@ def test_quick_benchmarks_write_their_results(tmp_path: Path) -> None:
     assert set(decode["settings"][1]["decoders"]) == {"decord", "av", "av_every_frame"}
     assert [r["files"] for r in decode["extract"]] == ["synthetic images", "synthetic clips", "clips"]
     assert all(r["ratio_2_over_1"] > 0 and set(r["items_per_s"]) == {"1", "2"} for r in decode["extract"])
+
+
+@pytest.mark.slow
+def test_quick_cli_benchmark_writes_its_results(tmp_path: Path) -> None:
+    cli = _run("bench_cli.py", tmp_path)
+    assert cli["quick"] is True and cli["runs"] == 1 and cli["index"]["count"] == 60
+    assert cli["onnx_search_heavy_imports"] == []  # the ONNX one-shot search imported no torch, no pandas
+    for what in ("search", "search --rerank 20"):
+        for engine in ("onnx", "torch"):
+            assert cli["seconds_median"][f"{what}, {engine}"] > 0
+        assert cli["torch_over_onnx"][what] > 0
+    assert set(cli["import_seconds"]) >= {"torch", "onnxruntime", "pyarrow", "pandas"}
+    assert "shared" in cli["machine"]["shared_machine"] and cli["machine"]["load_avg_at_end"]
