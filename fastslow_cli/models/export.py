@@ -93,13 +93,16 @@ def _quiet() -> Iterator[None]:
 
 def export_query_graph(model_dir: str | Path, model: FastModel | SlowModel | None = None) -> Path:
     """Write the query graph of the saved model in `model_dir` (its weights are loaded when
-    `model` is not given), then its record; returns the graph's path.
+    `model`, the same model in memory, is not given or is not on the CPU), then its record;
+    returns the graph's path.
 
     The record is written last and names the weights' sha256 from `config.json`, so a
     graph torn by a crash, or left from weights since replaced, is never used.
     """
     model_dir = Path(model_dir)
     config = read_config(model_dir)
+    if model is not None and any(p.device.type != "cpu" for p in model.parameters()):
+        model = None  # trained on a GPU: export the saved weights on the CPU (example inputs are CPU tensors)
     if model is None:
         from fastslow_cli.models.checkpoint import load_model
 
