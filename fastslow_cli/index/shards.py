@@ -28,7 +28,7 @@ import itertools
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from fastslow_cli.errors import FastslowError
 from fastslow_cli.index.folder import (
     MANIFEST,
     BuildReport,
+    IndexChunk,
     Progress,
     SearchIndex,
     UpdateReport,
@@ -137,60 +138,88 @@ def build_sharded_index(
     fast: FastRetriever,
     slow: SlowRetriever | None,
     shards: int,
-    params: AnnParams = AnnParams(),
+    params: AnnParams | None = None,
     progress: Progress | None = None,
     memory_dtype: str = DEFAULT_DTYPE,
 ) -> BuildReport:
     """`build_index` into `shards` shards: every stored item whose media file exists, each
-    encoded once, written into the folder of its shard; the whole folder swapped in at once."""
+    encoded once, into the folder of its shard; the whole folder swapped in at once."""
     check_shards(shards)
-    check_dtype(memory_dtype)
-    check_writable(directory)
     started = time.perf_counter()
     entries = store.entries()
     present = [i for i in sorted(entries) if Path(entries[i].path).exists()]
     if not present:
         raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
+    write_sharded_index(
+        directory,
+        [_encoded_chunks(store, entries, ids, fast, slow) if ids else None for ids in _split(present, shards)],
+        fast.identity, slow.identity if slow is not None else None, slow.width if slow is not None else None,
+        params or AnnParams(), str(store.directory), store.fingerprint(), progress, memory_dtype=memory_dtype,
+    )
+    return BuildReport(len(present), len(entries) - len(present), time.perf_counter() - started, str(directory))
+
+
+def write_sharded_index(
+    directory: Path,
+    shard_chunks: Sequence[Iterable[IndexChunk] | None],
+    fast_identity: dict[str, Any],
+    slow_identity: dict[str, Any] | None,
+    slow_width: int | None,
+    params: AnnParams,
+    feature_set: str,
+    feature_fingerprint: str,
+    progress: Progress | None = None,
+    memory_dtype: str = DEFAULT_DTYPE,
+) -> int:
+    """`write_index` for a sharded index: the chunks of each shard (None: an empty shard; the
+    caller routes items by `shard_of`), written under the writer lock into a new folder that
+    is swapped in whole; returns the item count. Benchmarks feed it precomputed chunks."""
+    check_dtype(memory_dtype)
+    check_writable(directory)
     with writer_lock(directory):
         root = workspace_of(directory)
         tmp = _new_build_dir(directory)
         try:
-            manifests: list[dict[str, Any] | None] = []
-            for number, ids in enumerate(_split(present, shards)):
-                manifests.append(
-                    _write_shard(tmp, number, _encoded_chunks(store, entries, ids, fast, slow), fast, slow, params,
-                                 store, progress, memory_dtype, root, directory.name)
-                    if ids
-                    else None
-                )
-            base = _base(directory, root, store, fast, slow)
-            atomic_write_json(tmp / MANIFEST, _top_manifest(directory, manifests, params, base))
+            manifests = [
+                _write_shard(tmp, number, chunks, fast_identity, slow_identity, slow_width, params, feature_set,
+                             feature_fingerprint, progress, memory_dtype, root, directory.name)
+                if chunks is not None
+                else None
+                for number, chunks in enumerate(shard_chunks)
+            ]
+            if not any(manifests):
+                raise ValueError("an index needs at least one item")
+            base = _base(root, feature_set, feature_fingerprint, fast_identity, slow_identity)
+            top = _top_manifest(directory, manifests, params, base)
+            atomic_write_json(tmp / MANIFEST, top)
             _swap_in(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return BuildReport(len(present), len(entries) - len(present), time.perf_counter() - started, str(directory))
+    return int(top["count"])
 
 
-def _base(directory: Path, root: Path, store: FeatureStore, fast: FastRetriever, slow: SlowRetriever | None) -> dict[str, Any]:
+def _base(
+    root: Path, feature_set: str, fingerprint: str, fast_identity: dict[str, Any], slow_identity: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "feature_set": _portable_path(str(store.directory), root),
-        "feature_fingerprint": store.fingerprint(),
-        "fast": _portable_model(fast.identity, root),
-        "slow": _portable_model(slow.identity, root) if slow is not None else None,
+        "feature_set": _portable_path(feature_set, root),
+        "feature_fingerprint": fingerprint,
+        "fast": _portable_model(fast_identity, root),
+        "slow": _portable_model(slow_identity, root) if slow_identity is not None else None,
     }
 
 
 def _write_shard(
-    tmp: Path, number: int, chunks: Any, fast: FastRetriever, slow: SlowRetriever | None, params: AnnParams,
-    store: FeatureStore, progress: Progress | None, memory_dtype: str, root: Path, name: str,
+    tmp: Path, number: int, chunks: Iterable[IndexChunk], fast_identity: dict[str, Any],
+    slow_identity: dict[str, Any] | None, slow_width: int | None, params: AnnParams, feature_set: str,
+    fingerprint: str, progress: Progress | None, memory_dtype: str, root: Path, name: str,
 ) -> dict[str, Any]:
     folder = tmp / shard_dir(number)
     folder.mkdir()
     return write_folder(
-        folder, chunks, fast.identity, slow.identity if slow is not None else None,
-        slow.width if slow is not None else None, params, str(store.directory), store.fingerprint(),
+        folder, chunks, fast_identity, slow_identity, slow_width, params, feature_set, fingerprint,
         progress, None, memory_dtype, root=root, name=f"{name}/{shard_dir(number)}",
     )
 
@@ -244,10 +273,14 @@ def update_sharded_index(
                 else:
                     reused = _reused_chunks(shard, sorted(plan["keep"].values())) if shard is not None else iter(())
                     chunks = itertools.chain(reused, _encoded_chunks(store, live, plan["encode"], fast, slow))
-                    manifests.append(_write_shard(tmp, number, chunks, fast, slow, params, store, progress,
-                                                  index.memory_dtype, root, directory.name))
+                    manifests.append(_write_shard(
+                        tmp, number, chunks, fast.identity, slow.identity if slow is not None else None,
+                        slow.width if slow is not None else None, params, str(store.directory), store.fingerprint(),
+                        progress, index.memory_dtype, root, directory.name,
+                    ))
             kept = {k: index.manifest[k] for k in ("created", "alpha") if k in index.manifest}
-            base = {**_base(directory, root, store, fast, slow), **kept,
+            base = {**_base(root, str(store.directory), store.fingerprint(), fast.identity,
+                            slow.identity if slow is not None else None), **kept,
                     "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             top = _top_manifest(directory, manifests, params, base)
             atomic_write_json(tmp / MANIFEST, top)
