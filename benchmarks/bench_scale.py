@@ -267,10 +267,11 @@ def main() -> None:
         for n in sizes:
             for shards in shard_counts:
                 report["rows"].append(run_row(n, shards, params, queries, work))
+                # Saved after every row: a long run cut short keeps the rows it finished.
+                report["machine"]["load_avg_at_end"] = common.load_average()
+                common.save(args.out, args.name, report, to_markdown(report))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["machine"]["load_avg_at_end"] = common.load_average()
-    common.save(args.out, args.name, report, to_markdown(report))
 
 
 if __name__ == "__main__":
