@@ -371,20 +371,18 @@ class Workspace:
         """Bring an index in line with its feature set (default: the one it was built from):
         new items added, changed ones re-encoded, deleted ones removed; the rest is copied."""
         from fastslow_cli.atomic import check_writable
-        from fastslow_cli.index.folder import update_index
-        from fastslow_cli.index.shards import ShardedIndex, open_index, update_sharded_index
+        from fastslow_cli.index.folder import SearchIndex, update_index
         from fastslow_cli.store.parquet import FeatureStore
 
         name = name or self.default_index()
         directory = self.index_dir(name)
-        index = open_index(directory)
+        index = SearchIndex.open(directory)
         check_writable(directory)  # before loading models (update_index checks again, for other callers)
         fast, slow = self._index_models(index, device, need_slow=True)
         store = self.store(set, progress) if set else FeatureStore(index.feature_set_dir, notify=progress)
         store.manifest()  # a clear error when the set does not exist
         _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
-        update = update_sharded_index if isinstance(index, ShardedIndex) else update_index
-        report = update(
+        report = update_index(
             store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)
         )
         return IndexSummary(
@@ -407,10 +405,10 @@ class Workspace:
 
         `rerank=False` skips loading the Slow model (searches then cannot re-rank).
         """
-        from fastslow_cli.index.shards import open_index
+        from fastslow_cli.index.folder import SearchIndex
         from fastslow_cli.search.searcher import Searcher
 
-        opened = open_index(self.index_dir(index or self.default_index()))
+        opened = SearchIndex.open(self.index_dir(index or self.default_index()))
         fast, slow = self._index_models(opened, device, need_slow=rerank)
         return Searcher(opened, fast, slow)
 

@@ -4,6 +4,7 @@ checked. Tiny random rows and models from conftest's `index_kit`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def test_int8_index_ranks_like_f16_and_is_half_the_size(index_kit, tmp_path: Pat
         f16_score = {r.id: r.slow_score for r in a}
         assert set(f16_score) == {r.id for r in b}
         assert max(abs(f16_score[r.id] - r.slow_score) for r in b) < 1e-3
-        for first, second in zip(b, b[1:]):
+        for first, second in itertools.pairwise(b):
             if f16_score[first.id] < f16_score[second.id]:
                 assert f16_score[second.id] - f16_score[first.id] < 1e-3
         swaps += sum(x.id != y.id for x, y in zip(a, b))

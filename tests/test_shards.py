@@ -15,12 +15,11 @@ from test_index_cli import make_workspace
 from test_pipeline import cli, ok
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.index.folder import SearchIndex, build_index
+from fastslow_cli.index.folder import SearchIndex, build_index, update_index
 from fastslow_cli.index.hnsw import AnnParams, exact_search
 from fastslow_cli.index.shards import (
     ShardedIndex,
     build_sharded_index,
-    open_index,
     shard_of,
     update_sharded_index,
 )
@@ -50,7 +49,7 @@ def test_sharded_search_equals_unsharded_exact_search(index_kit, tmp_path: Path)
     fast, slow = index_kit.make_models(store)
     build_index(store, tmp_path / "index" / "one", fast, slow, EXACT)
     build_sharded_index(store, tmp_path / "index" / "three", fast, slow, 3, EXACT)
-    one, three = SearchIndex.open(tmp_path / "index" / "one"), open_index(tmp_path / "index" / "three")
+    one, three = SearchIndex.open(tmp_path / "index" / "one"), SearchIndex.open(tmp_path / "index" / "three")
     assert isinstance(three, ShardedIndex) and three.shard_count == 3 and three.count == one.count == 36
     assert sorted(three.items["id"]) == one.items["id"] and three.items["label"] == list(range(36))
     assert [len(s.items["id"]) for s in three.shards] == [e["count"] for e in three.manifest["shards"]]
@@ -88,7 +87,7 @@ def test_update_rewrites_only_the_shards_that_change(index_kit, tmp_path: Path) 
     (tmp_path / "media" / "item001.png").unlink()
     changed = {shard_of(new_id, 4), shard_of("item001.png", 4)}
     assert len(changed) < 4
-    report = update_sharded_index(store, directory, fast, slow)
+    report = update_index(store, directory, fast, slow)  # the one entry point: it delegates to the sharded update
     assert (report.added, report.updated, report.removed, report.items) == (1, 0, 1, 24)
     after = file_stats(directory)
     for number in range(4):
@@ -99,7 +98,7 @@ def test_update_rewrites_only_the_shards_that_change(index_kit, tmp_path: Path) 
             assert old.keys() == new.keys() and all(old[k][0] != new[k][0] for k in old)  # rewritten
         else:
             assert new == old  # the same files: same inodes, same mtimes
-    index = open_index(directory)
+    index = SearchIndex.open(directory)
     assert "item001.png" not in index.items["id"] and new_id in index.items["id"]
     new_vector = fast.encode_items(store.load([new_id]))
     labels, _ = index.ann.query(new_vector, 1)
@@ -112,7 +111,7 @@ def test_empty_shards_and_damage(index_kit, tmp_path: Path) -> None:
     fast, slow = index_kit.make_models(store)
     directory = tmp_path / "index" / "main"
     build_sharded_index(store, directory, fast, slow, 8, EXACT)
-    index = open_index(directory)
+    index = SearchIndex.open(directory)
     empty = [e for e in index.manifest["shards"] if e["count"] == 0]
     assert len(empty) >= 5 and all(e["dir"] is None for e in empty)
     assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == sorted(
@@ -123,14 +122,14 @@ def test_empty_shards_and_damage(index_kit, tmp_path: Path) -> None:
     shutil.copytree(directory, broken)
     shutil.rmtree(broken / next(e["dir"] for e in index.manifest["shards"] if e["dir"]))
     with pytest.raises(FastslowError, match=r"no index at .*shard-.*fastslow index build"):
-        open_index(broken)
+        SearchIndex.open(broken)
     shutil.rmtree(broken)
     shutil.copytree(directory, broken)
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["shards"][0]["count"] += 1  # the top manifest no longer matches its shards
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(FastslowError, match="inconsistent"):
-        open_index(broken)
+        SearchIndex.open(broken)
 
 
 def test_cli_build_search_update_info_sharded(index_kit, tmp_path: Path) -> None:

@@ -471,7 +471,12 @@ def update_index(
     only added and changed ones are encoded; the HNSW graph is rebuilt from all vectors by
     the same writer a build uses (docs/ARCHITECTURE.md gives the cost). Nothing is written
     when nothing changed. An index from before items recorded their sources is re-encoded whole.
+    A sharded index is updated shard by shard (`update_sharded_index`).
     """
+    if "shards" in read_manifest(directory):
+        from fastslow_cli.index.shards import update_sharded_index
+
+        return update_sharded_index(store, directory, fast, slow, progress)
     check_writable(directory)
     with writer_lock(directory):
         started = time.perf_counter()
@@ -584,7 +589,13 @@ class SearchIndex:
 
     @classmethod
     def open(cls, directory: Path) -> SearchIndex:
-        return cls(directory, read_manifest(directory))
+        """The index at `directory`, sharded (a `ShardedIndex`, index/shards.py) or not."""
+        manifest = read_manifest(directory)
+        if "shards" in manifest:
+            from fastslow_cli.index.shards import ShardedIndex
+
+            return ShardedIndex(directory, manifest)
+        return cls(directory, manifest)
 
     @property
     def count(self) -> int:

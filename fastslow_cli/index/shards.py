@@ -385,9 +385,8 @@ class ShardedIndex(SearchIndex):
 
 
 def open_index(directory: Path) -> SearchIndex:
-    """An index folder opened for reading, sharded or not."""
-    manifest = read_manifest(directory)
-    return ShardedIndex(directory, manifest) if "shards" in manifest else SearchIndex(directory, manifest)
+    """An index folder opened for reading, sharded or not (`SearchIndex.open`)."""
+    return SearchIndex.open(directory)
 
 
 def footprint(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
