@@ -342,15 +342,23 @@ class Workspace:
         ef: int = DEFAULT_EF,
         device: str = "auto",
         progress: Progress | None = None,
+        memory: str | None = None,
+        shards: int = 1,
     ) -> IndexSummary:
         """Encode every stored item with the Fast model (+ Slow memory) and write the HNSW index.
 
         `slow` None uses WORKSPACE/models/slow when it was trained; '' builds without one.
+        `memory` is how the Slow memory is stored ("f16" or "int8", default int8: index/memory.py);
+        `shards` > 1 writes a sharded index (index/shards.py).
         """
         from fastslow_cli.atomic import check_writable
         from fastslow_cli.index.folder import build_index
         from fastslow_cli.index.hnsw import AnnParams
+        from fastslow_cli.index.memory import DEFAULT_DTYPE, check_dtype
+        from fastslow_cli.index.shards import build_sharded_index, check_shards
 
+        memory = check_dtype(memory or DEFAULT_DTYPE)
+        check_shards(shards)
         store = self.store(set, progress)
         store.manifest()  # a clear error when the set does not exist
         directory = self.index_dir(name)
@@ -365,10 +373,11 @@ class Workspace:
                 _check_fingerprint(store, fingerprint, m.identity, what)
         _export_missing_graphs([m for m in (fast_model, slow_model) if m is not None], progress)
         _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
-        report = build_index(
-            store, directory, fast_model, slow_model, params,
-            progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n),
-        )
+        advance = lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)  # noqa: E731
+        if shards > 1:
+            report = build_sharded_index(store, directory, fast_model, slow_model, shards, params, advance, memory)
+        else:
+            report = build_index(store, directory, fast_model, slow_model, params, progress=advance, memory_dtype=memory)
         return IndexSummary(name, report.items, report.items, report.seconds, report.skipped_missing, slow_model is not None)
 
     def update_index(self, name: str | None = None, *, set: str | None = None, device: str = "auto",  # noqa: A002
@@ -396,10 +405,14 @@ class Workspace:
         )
 
     def index_info(self, name: str | None = None) -> dict[str, Any]:
-        """An index's manifest: models, feature set, counts, HNSW parameters."""
+        """An index's manifest (models, feature set, counts, HNSW parameters, shards) and its
+        `footprint`: disk and RAM in total and per item."""
         from fastslow_cli.index.folder import read_manifest
+        from fastslow_cli.index.shards import footprint
 
-        return read_manifest(self.index_dir(name or self.default_index()))
+        directory = self.index_dir(name or self.default_index())
+        manifest = read_manifest(directory)
+        return {**manifest, "footprint": footprint(directory, manifest)}
 
     # ---- search -----------------------------------------------------------------------
     def searcher(
@@ -445,6 +458,7 @@ class Workspace:
         media_root: str | os.PathLike[str] | None = None,
         device: str = "auto",
         progress: Progress | None = None,
+        memory: str | None = None,
     ) -> list[dict[str, Any]]:
         """R@1/5/10, median rank, twin accuracy and ms/query of each model on a captions split."""
         from fastslow_cli.data.captioned_set import captioned_set
@@ -467,6 +481,7 @@ class Workspace:
         return run_eval(
             store, data, split, fast_model, slow_model, distilled_model, rerank, alpha,
             status=lambda method: _emit(progress, "phase", message=f"evaluating {method}"), max_queries=queries,
+            memory_dtype=memory,
         )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fastslow_cli.index import DEFAULT_EF
+from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION
 from fastslow_cli.media.decode import AV_SEEK_MIN_FRAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,7 @@ TINY = {
     "bench_cli.py": [],
     "bench_decode.py": ["--width", "96", "--height", "64", "--seconds", "1", "--long-seconds", str(AV_SEEK_MIN_FRAMES / 25),
                         "--frames", "4", "--extract-images", "4", "--extract-videos", "2", "--extract-copies", "1"],
+    "bench_scale.py": ["--sizes", "600", "--queries", "10"],
 }
 
 
@@ -59,6 +60,16 @@ def test_quick_benchmarks_write_their_results(tmp_path: Path) -> None:
     assert set(decode["settings"][1]["decoders"]) == {"decord", "av", "av_every_frame"}
     assert [r["files"] for r in decode["extract"]] == ["synthetic images", "synthetic clips", "clips"]
     assert all(r["ratio_2_over_1"] > 0 and set(r["items_per_s"]) == {"1", "2"} for r in decode["extract"])
+
+    scale = _run("bench_scale.py", tmp_path)
+    assert [(r["n"], r["shards"]) for r in scale["rows"]] == [(600, 1), (600, 4)]
+    assert scale["params"]["memory_dtype"] == "int8" and scale["params"]["ef_construction"] == DEFAULT_EF_CONSTRUCTION
+    for row in scale["rows"]:
+        assert row["p50_ms_fast_rerank20"] > row["p50_ms_fast"] > 0 and row["build_peak_rss_mb"] > 0
+        assert abs(row["memory_bytes_per_item"] - scale["params"]["memory_bytes_per_item_expected"]) < 1  # + .npy header
+        assert row["recall@10_vs_numpy"] == 1.0  # 600 items at ef 256: exhaustive
+        if row["faiss"] is not None:
+            assert row["numpy_vs_faiss_flat_recall@10"] == 1.0
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import pytest
 
 from fastslow_cli.index import folder as index_mod
 from fastslow_cli.index.hnsw import AnnParams
+from fastslow_cli.index.memory import DEFAULT_DTYPE, as_stored
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.index.folder import IndexChunk, SearchIndex, build_index, recover, update_index, write_index, writer_lock
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
@@ -63,12 +64,14 @@ def test_round_trip(built: tuple[FeatureStore, NativeFast, NativeSlow, Path]) ->
     assert index.manifest["images"] == 24 and index.manifest["videos"] == 12
     assert index.manifest["fast"]["content_hash"] == "fast-a" and index.manifest["slow"]["content_hash"] == "slow-a"
     assert index.manifest["dim"] == fast.dim and index.manifest["memory"]["width"] == slow.width
-    # Cached Slow memory: exactly what the Slow model gives, rows trimmed to each item's frames.
+    # Cached Slow memory: exactly what the Slow model gives as the default dtype stores it
+    # (int8 with a per-token scale: index/memory.py), rows trimmed to each item's frames.
+    assert index.manifest["memory"]["dtype"] == index.memory_dtype == DEFAULT_DTYPE
     expected = slow.encode_items(table)
     got = index.memories(range(36))
     for item, (e, g) in enumerate(zip(expected, got)):
         assert g.shape == (int(table.frames[item]) * 4 * 4, slow.width)  # finest_level 1: 4x4 tokens per frame
-        np.testing.assert_array_equal(g, e)
+        np.testing.assert_array_equal(g, as_stored(e, DEFAULT_DTYPE))
     # Every item's own Fast vector finds itself first, with score ~1.
     vectors = fast.encode_items(table)
     labels, scores = index.ann.query(vectors, 1)
@@ -174,7 +177,7 @@ def test_update_adds_only_new_items_and_old_results_unchanged(index_kit, tmp_pat
     # New items: memory and vectors as a full encode gives them.
     new_table = store.load(table.ids[30:])
     for e, g in zip(slow.encode_items(new_table), after.memories(range(30, 42))):
-        np.testing.assert_array_equal(e, g)
+        np.testing.assert_array_equal(as_stored(e, after.memory_dtype), g)
     labels, _ = after.ann.query(fast.encode_items(new_table), 1)
     assert labels[:, 0].tolist() == list(range(30, 42))
 
@@ -468,8 +471,8 @@ def test_damaged_index_is_a_clear_error(built: tuple[FeatureStore, NativeFast, N
         data = (directory / "hnsw.bin").read_bytes()
         (directory / "hnsw.bin").write_bytes(data[: len(data) // 3])
     elif damage == "truncate_memory":
-        data = (directory / "slow_memory.f16").read_bytes()
-        (directory / "slow_memory.f16").write_bytes(data[:100])
+        data = (directory / "slow_memory.i8").read_bytes()
+        (directory / "slow_memory.i8").write_bytes(data[:100])
     elif damage == "drop_items":
         (directory / "items.parquet").unlink()
     elif damage == "bad_manifest":
@@ -531,11 +534,11 @@ def test_write_index_from_precomputed_chunks(tmp_path: Path) -> None:
 
     directory = tmp_path / "index" / "pre"
     identity = {"path": "p", "content_hash": "h"}
-    write = lambda chunks: write_index(directory, chunks, identity, identity, 6, AnnParams(M=4), "set", "fp")  # noqa: E731
+    write = lambda chunks: write_index(directory, chunks, identity, identity, 6, AnnParams(M=4), "set", "fp", memory_dtype="f16")  # noqa: E731
     assert write([chunk(0, 2), chunk(2, 5)]) == 5
     index = SearchIndex.open(directory)
     assert index.items["id"] == [f"v{i}" for i in range(5)] and index.items["label"] == list(range(5))
-    assert (index.manifest["images"], index.manifest["videos"], index.manifest["memory"]) == (3, 2, {"width": 6, "rows": 32})
+    assert (index.manifest["images"], index.manifest["videos"], index.manifest["memory"]) == (3, 2, {"width": 6, "rows": 32, "dtype": "f16"})
     np.testing.assert_array_equal(np.asarray(index.frame_vectors), frame_vectors)
     for e, g in zip(memories, index.memories(range(5))):
         np.testing.assert_array_equal(e, g)

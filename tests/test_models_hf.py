@@ -215,3 +215,23 @@ def test_bad_model_folders_and_missing_media_give_one_line_errors(
         with pytest.raises(FastslowError) as err:
             adapter.encode_items(gone)
         assert "\n" not in str(err.value) and "moved.mp4" in str(err.value)
+
+
+def test_blip_memory_stored_as_int8(models: dict[str, Path], table: FeatureTable) -> None:
+    """The index's int8 memory (index/memory.py) for BLIP tokens: within half a step per token,
+    about half the bytes at BLIP's real width, and ITM scores close to the float16 ones."""
+    from fastslow_cli.index.memory import as_stored, bytes_per_row
+
+    slow = load_blip(models["blip"], "cpu")
+    memories = slow.encode_items(table)
+    stored = [as_stored(m, "int8") for m in memories]
+    for m, s in zip(memories, stored):
+        x = m.astype(np.float32)
+        step = np.abs(x).max(axis=1) / 127
+        assert (np.abs(x - s) <= step[:, None] / 2 * (1 + 1e-5)).all()
+    # bytes per image frame: this tiny config (17 tokens x 16) and BLIP base at 384 px (577 x 768)
+    assert (TOKENS * bytes_per_row("f16", 16), TOKENS * bytes_per_row("int8", 16)) == (544, 340)
+    assert (577 * bytes_per_row("f16", 768), 577 * bytes_per_row("int8", 768)) == (886_272, 445_444)
+    f16, int8 = slow.score(TEXTS, memories), slow.score(TEXTS, stored)
+    np.testing.assert_allclose(int8, f16, atol=2e-3)  # measured 3e-4; scores spread over ~0.1
+    assert (np.argsort(-f16, axis=1) == np.argsort(-int8, axis=1)).all()

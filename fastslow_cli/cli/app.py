@@ -275,6 +275,19 @@ UseIndexOpt = Annotated[
 ]
 
 
+class MemoryDtype(str, Enum):
+    """How an index stores the Slow memory (index/memory.py)."""
+
+    int8 = "int8"
+    f16 = "f16"
+
+
+MemoryOpt = Annotated[
+    MemoryDtype,
+    typer.Option("--memory", help="How the cached Slow memory is stored: int8 with a per-token scale (half the disk) or float16."),
+]
+
+
 @index_app.command("build")
 def index_build(
     workspace: WorkspaceOpt = None,
@@ -285,6 +298,10 @@ def index_build(
     m: Annotated[int, typer.Option("--M", min=2, max=256, help="HNSW graph degree.")] = DEFAULT_M,
     ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, help="HNSW build-time beam.")] = DEFAULT_EF_CONSTRUCTION,
     ef: Annotated[int, typer.Option("--ef", min=1, help="Default search-time beam (raised to k when smaller).")] = DEFAULT_EF,
+    memory: MemoryOpt = MemoryDtype.int8,
+    shards: Annotated[
+        int, typer.Option("--shards", min=1, max=1024, help="Split the index into N shards by a hash of the item id.")
+    ] = 1,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -295,7 +312,7 @@ def index_build(
     with Events() as events:
         report = ws.build_index(
             model, slow, set=set_name, name=name, M=m, ef_construction=ef_construction, ef=ef, device=device,
-            progress=events,
+            progress=events, memory=memory.value, shards=shards,
         )
     _say(
         f"index '{report.index}': {report.items} items in {report.seconds:.1f} s"
@@ -442,6 +459,14 @@ def evaluate(
     queries: Annotated[
         Optional[int], typer.Option("--queries", min=1, help="Evaluate a seeded random subset of this many captions.")
     ] = None,
+    memory: Annotated[
+        Optional[MemoryDtype],
+        typer.Option(
+            "--memory",
+            help="Score slow and rerank from Slow memory stored as an index stores it (default: slow as computed, rerank int8).",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -453,6 +478,7 @@ def evaluate(
         rows = ws.evaluate(
             captions, split=split, set=set_name, fast=fast or None, slow=slow or None, distilled=distilled,
             rerank=rerank, alpha=alpha, queries=queries, media_root=media_root, device=device, progress=events,
+            memory=memory.value if memory else None,
         )
     if json_out:
         for row in rows:

@@ -90,6 +90,13 @@ def render_index_info(manifest: dict) -> None:
         ("re-rank alpha", str(manifest.get("alpha", 0.0))),
         ("built", manifest.get("updated") or manifest["created"]),
     ]
+    foot = manifest.get("footprint")
+    if foot:
+        shards = manifest.get("shards")
+        rows.append(("shards", ", ".join(f"{e['count']}" for e in shards) + " items" if shards else "1 (unsharded)"))
+        rows.append(("Slow memory", f"{foot['memory_dtype']}, {foot['memory_bytes_per_item']:g} bytes/item" if foot["memory_dtype"] else "none"))
+        rows.append(("disk", f"{foot['disk_bytes']} bytes, {foot['disk_bytes_per_item']:g} bytes/item"))
+        rows.append(("RAM (HNSW, loaded whole)", f"{foot['ram_bytes']} bytes, {foot['ram_bytes_per_item']:g} bytes/item"))
     for what, value in rows:
         table.add_row(what, value)
     out_console.print(table)

@@ -96,10 +96,17 @@ def fast_score_matrix(fast: FastRetriever, table: FeatureTable, texts: Sequence[
     return scores, time.perf_counter() - start
 
 
-def slow_score_matrix(slow: SlowRetriever, table: FeatureTable, texts: Sequence[str]) -> tuple[np.ndarray, float]:
+def slow_score_matrix(
+    slow: SlowRetriever, table: FeatureTable, texts: Sequence[str], memory_dtype: str | None = None
+) -> tuple[np.ndarray, float]:
     """(Q, N) Slow scores of every (text, row) pair; memories are computed first and not
-    timed (as an index caches them)."""
+    timed (as an index caches them). With `memory_dtype` the memories are first stored and
+    read back as an index with `--memory memory_dtype` would (index/memory.py)."""
     memories = slow.encode_items(table)
+    if memory_dtype is not None:
+        from fastslow_cli.index.memory import as_stored
+
+        memories = [as_stored(m, memory_dtype) for m in memories]
     start = time.perf_counter()
     scores = slow.score(texts, memories)
     return scores, time.perf_counter() - start

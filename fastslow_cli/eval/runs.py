@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastslow_cli.data.captioned_set import CaptionedSet
+from fastslow_cli.index.memory import DEFAULT_DTYPE
 from fastslow_cli.eval.metrics import evaluate_scores, fast_score_matrix, find_twins, slow_score_matrix
 from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
 from fastslow_cli.store.parquet import FeatureStore
@@ -39,6 +40,7 @@ def rerank_scores(
     slow: SlowRetriever,
     k: int,
     alpha: float | None,
+    memory_dtype: str | None = None,
 ) -> tuple[np.ndarray, float]:
     """Scores whose order is the search result order: re-ranked top-K first, then exact Fast order."""
     from fastslow_cli.index.folder import SearchIndex, build_index
@@ -46,7 +48,8 @@ def rerank_scores(
 
     with tempfile.TemporaryDirectory(prefix="fastslow-eval-") as tmp:
         directory = Path(tmp) / "eval"
-        build_index(store, directory, fast, slow, ids=data.table.ids)
+        dtype = {} if memory_dtype is None else {"memory_dtype": memory_dtype}
+        build_index(store, directory, fast, slow, ids=data.table.ids, **dtype)
         index = SearchIndex.open(directory)
         searcher = Searcher(index, fast, slow)
         row_of = {item_id: r for r, item_id in enumerate(data.table.ids)}
@@ -73,11 +76,14 @@ def run_eval(
     alpha: float | None = None,
     status: Status | None = None,
     max_queries: int | None = None,
+    memory_dtype: str | None = None,
 ) -> list[dict[str, Any]]:
     """One metrics row per method, in the order fast, distilled, slow, rerank.
 
     `max_queries` evaluates a seeded random subset of the split's captions (every item is
     still ranked): the Slow row costs one decoder pass per (caption, item) pair.
+    `memory_dtype` scores the Slow and rerank rows from memory stored as an index stores it
+    (default: the Slow row from the model's memory as computed, rerank from the default dtype).
     """
     pairs = data.pairs[split]
     if max_queries is not None and len(pairs) > max_queries:
@@ -94,18 +100,21 @@ def run_eval(
     if distilled is not None:
         methods.append(("distilled", lambda: fast_score_matrix(distilled, data.table, texts)))
     if slow is not None:
-        methods.append(("slow", lambda: slow_score_matrix(slow, data.table, texts)))
+        methods.append(("slow", lambda: slow_score_matrix(slow, data.table, texts, memory_dtype)))
     for method, compute in methods:
         say(method)
         scores, seconds = compute()
         rows.append(_row(method, scores, texts, gt, twins, seconds))
+        if method == "slow" and memory_dtype is not None:
+            rows[-1]["memory"] = memory_dtype
     if rerank and slow is not None:
         ranker = distilled or fast
         if ranker is not None:
             say(f"rerank top {rerank}")
-            scores, seconds = rerank_scores(store, data, texts, ranker, slow, rerank, alpha)
+            scores, seconds = rerank_scores(store, data, texts, ranker, slow, rerank, alpha, memory_dtype)
             row = _row("rerank", scores, texts, gt, twins, seconds)
             row["K"] = rerank
+            row["memory"] = memory_dtype or DEFAULT_DTYPE
             row["fast_model"] = "distilled" if distilled is not None else "fast"
             slow_row = next((r for r in rows if r["method"] == "slow"), None)
             if slow_row and row["ms_per_query"] > 0:

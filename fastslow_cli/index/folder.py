@@ -5,7 +5,8 @@ index/<name>/hnsw.bin              hnswlib index (labels = rows of items.parquet
 index/<name>/items.parquet         label, id, path, kind, frames, timestamps, and what each item
                                    was built from (size, mtime_ns, content_hash)
 index/<name>/frame_vectors.npy     Fast vector of every frame (best timestamp of a video hit)
-index/<name>/slow_memory.f16       Slow visual memory of every item, float16 rows (mmap)
+index/<name>/slow_memory.f16       Slow visual memory of every item, float16 rows (mmap), or
+index/<name>/slow_memory.i8        int8 rows + slow_memory.scale.npy (index/memory.py; `--memory`)
 index/<name>/slow_memory.offsets.npy   item i owns rows offsets[i]:offsets[i+1]
 index/<name>/manifest.json         models (content hashes), feature set, dim, HNSW sidecar, counts
 index/.<name>.lock                 writer lock (flock): one build or update at a time; readers take none
@@ -41,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastslow_cli.index.hnsw import AnnIndex, AnnParams
+from fastslow_cli.index.memory import DEFAULT_DTYPE, FILES as MEMORY_FILES, MemoryWriter, StoredMemory, check_dtype
 from fastslow_cli.atomic import atomic_path, atomic_write_json, check_writable, fsync_dir
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.store.parquet import FeatureStore, FeatureTable, StoreEntry
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
 FORMAT = 1
 MANIFEST = "manifest.json"
 ITEMS = "items.parquet"
-MEMORY = "slow_memory.f16"
 OFFSETS = "slow_memory.offsets.npy"
 FRAME_VECTORS = "frame_vectors.npy"
 FRAME_OFFSETS = "frame_vectors.offsets.npy"
@@ -320,6 +321,7 @@ def write_index(
     feature_fingerprint: str,
     progress: Progress | None = None,
     extra: dict[str, Any] | None = None,
+    memory_dtype: str = DEFAULT_DTYPE,
 ) -> int:
     """Write a complete index from encoded chunks into a new folder and swap it in; returns the item count.
 
@@ -330,65 +332,92 @@ def write_index(
     A folder that cannot be written is refused before any chunk is encoded.
     """
     check_writable(directory)
-    extra = extra or {}
+    check_dtype(memory_dtype)
     with writer_lock(directory):
-        root = workspace_of(directory)
         tmp = _new_build_dir(directory)
         try:
-            vectors, frame_vecs, frame_offsets, memory_offsets, tables = [], [], [0], [0], []
-            count = 0
-            with open(tmp / MEMORY, "wb") as mem_fh:
-                for chunk in chunks:
-                    n = len(chunk.ids)
-                    frames = np.asarray(chunk.frames)
-                    if len(chunk.vectors) != n or len(chunk.frame_vectors) != int(frames.sum()):
-                        raise ValueError(f"index chunk of {n} items has {len(chunk.vectors)} vectors, {len(chunk.frame_vectors)} frame vectors")
-                    if (chunk.memories is None) != (slow_identity is None) or (chunk.memories is not None and len(chunk.memories) != n):
-                        raise ValueError("index chunk memories must be given, one per item, exactly when there is a Slow model")
-                    vectors.append(np.asarray(chunk.vectors, dtype=np.float32))
-                    frame_vecs.append(np.asarray(chunk.frame_vectors, dtype=np.float32))
-                    frame_offsets.extend((frame_offsets[-1] + np.cumsum(frames)).tolist())
-                    for m in chunk.memories or []:
-                        mem_fh.write(np.ascontiguousarray(m, dtype=np.float16).tobytes())
-                        memory_offsets.append(memory_offsets[-1] + m.shape[0])
-                    tables.append(_items_table(chunk, np.arange(count, count + n)))
-                    count += n
-                    if progress is not None:
-                        progress(n)
-                mem_fh.flush()
-                os.fsync(mem_fh.fileno())
-            if not count:
-                raise ValueError("an index needs at least one item")
-            all_vectors = np.concatenate(vectors)
-            ann = AnnIndex.build(all_vectors, params, labels=np.arange(count), threads=os.cpu_count() or 1)
-            hnsw_info = ann.save(tmp)
-            kinds = pa.concat_tables(tables).column("kind").to_pylist()
-            _write_parquet(pa.concat_tables(tables), tmp / ITEMS)
-            _write_npy(np.concatenate(frame_vecs), tmp / FRAME_VECTORS)
-            _write_npy(np.asarray(frame_offsets, dtype=np.int64), tmp / FRAME_OFFSETS)
-            _write_npy(np.asarray(memory_offsets, dtype=np.int64), tmp / OFFSETS)
-            manifest = {
-                "format": FORMAT,
-                "name": directory.name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "feature_set": _portable_path(feature_set, root),
-                "feature_fingerprint": feature_fingerprint,
-                "fast": _portable_model(fast_identity, root),
-                "slow": _portable_model(slow_identity, root) if slow_identity is not None else None,
-                "dim": int(all_vectors.shape[1]),
-                "count": count,
-                "images": kinds.count("image"),
-                "videos": kinds.count("video"),
-                "memory": {"width": int(slow_width), "rows": memory_offsets[-1]} if slow_identity is not None else None,
-                "hnsw": hnsw_info,
-                **extra,
-            }
-            atomic_write_json(tmp / MANIFEST, manifest)
+            manifest = write_folder(
+                tmp, chunks, fast_identity, slow_identity, slow_width, params, feature_set, feature_fingerprint,
+                progress, extra, memory_dtype, root=workspace_of(directory), name=directory.name,
+            )
             _swap_in(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return count
+        return int(manifest["count"])
+
+
+def write_folder(
+    tmp: Path,
+    chunks: Iterable[IndexChunk],
+    fast_identity: dict[str, Any],
+    slow_identity: dict[str, Any] | None,
+    slow_width: int | None,
+    params: AnnParams,
+    feature_set: str,
+    feature_fingerprint: str,
+    progress: Progress | None,
+    extra: dict[str, Any] | None,
+    memory_dtype: str,
+    root: Path,
+    name: str,
+) -> dict[str, Any]:
+    """The files of one index folder, written into the empty folder `tmp` (no lock, no swap:
+    `write_index` and the sharded writer provide those); returns its manifest."""
+    vectors, frame_vecs, frame_offsets, memory_offsets, tables = [], [], [0], [0], []
+    count = 0
+    with open(tmp / MEMORY_FILES[memory_dtype], "wb") as mem_fh:
+        memory = MemoryWriter(mem_fh, tmp, memory_dtype)
+        for chunk in chunks:
+            n = len(chunk.ids)
+            frames = np.asarray(chunk.frames)
+            if len(chunk.vectors) != n or len(chunk.frame_vectors) != int(frames.sum()):
+                raise ValueError(f"index chunk of {n} items has {len(chunk.vectors)} vectors, {len(chunk.frame_vectors)} frame vectors")
+            if (chunk.memories is None) != (slow_identity is None) or (chunk.memories is not None and len(chunk.memories) != n):
+                raise ValueError("index chunk memories must be given, one per item, exactly when there is a Slow model")
+            vectors.append(np.asarray(chunk.vectors, dtype=np.float32))
+            frame_vecs.append(np.asarray(chunk.frame_vectors, dtype=np.float32))
+            frame_offsets.extend((frame_offsets[-1] + np.cumsum(frames)).tolist())
+            for m in chunk.memories or []:
+                memory.write(m)
+                memory_offsets.append(memory_offsets[-1] + m.shape[0])
+            tables.append(_items_table(chunk, np.arange(count, count + n)))
+            count += n
+            if progress is not None:
+                progress(n)
+        memory.finish()
+    if not count:
+        raise ValueError("an index needs at least one item")
+    all_vectors = np.concatenate(vectors)
+    ann = AnnIndex.build(all_vectors, params, labels=np.arange(count), threads=os.cpu_count() or 1)
+    hnsw_info = ann.save(tmp)
+    kinds = pa.concat_tables(tables).column("kind").to_pylist()
+    _write_parquet(pa.concat_tables(tables), tmp / ITEMS)
+    _write_npy(np.concatenate(frame_vecs), tmp / FRAME_VECTORS)
+    _write_npy(np.asarray(frame_offsets, dtype=np.int64), tmp / FRAME_OFFSETS)
+    _write_npy(np.asarray(memory_offsets, dtype=np.int64), tmp / OFFSETS)
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "feature_set": _portable_path(feature_set, root),
+        "feature_fingerprint": feature_fingerprint,
+        "fast": _portable_model(fast_identity, root),
+        "slow": _portable_model(slow_identity, root) if slow_identity is not None else None,
+        "dim": int(all_vectors.shape[1]),
+        "count": count,
+        "images": kinds.count("image"),
+        "videos": kinds.count("video"),
+        "memory": (
+            {"width": int(slow_width), "rows": memory_offsets[-1], "dtype": memory_dtype}
+            if slow_identity is not None
+            else None
+        ),
+        "hnsw": hnsw_info,
+        **(extra or {}),
+    }
+    atomic_write_json(tmp / MANIFEST, manifest)
+    return manifest
 
 
 def build_index(
@@ -399,11 +428,12 @@ def build_index(
     params: AnnParams = AnnParams(),
     progress: Progress | None = None,
     ids: Sequence[str] | None = None,
+    memory_dtype: str = DEFAULT_DTYPE,
 ) -> BuildReport:
     """Encode every stored item (or `ids`) with the Fast model (and Slow memory) and write the index.
 
     Items whose media file no longer exists are left out (a moved file was re-extracted
-    under its new id).
+    under its new id). `memory_dtype` is how the Slow memory is stored (index/memory.py).
     """
     started = time.perf_counter()
     entries = store.entries()
@@ -421,6 +451,7 @@ def build_index(
         feature_set=str(store.directory),
         feature_fingerprint=store.fingerprint(),
         progress=progress,
+        memory_dtype=memory_dtype,
     )
     skipped = len(wanted) - len(present)
     return BuildReport(len(present), skipped, time.perf_counter() - started, str(directory))
@@ -440,7 +471,12 @@ def update_index(
     only added and changed ones are encoded; the HNSW graph is rebuilt from all vectors by
     the same writer a build uses (docs/ARCHITECTURE.md gives the cost). Nothing is written
     when nothing changed. An index from before items recorded their sources is re-encoded whole.
+    A sharded index is updated shard by shard (`update_sharded_index`).
     """
+    if "shards" in read_manifest(directory):
+        from fastslow_cli.index.shards import update_sharded_index
+
+        return update_sharded_index(store, directory, fast, slow, progress)
     check_writable(directory)
     with writer_lock(directory):
         started = time.perf_counter()
@@ -478,6 +514,7 @@ def update_index(
             store.fingerprint(),
             progress,
             extra={**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            memory_dtype=index.memory_dtype,
         )
     return UpdateReport(added, len(encode) - added, removed, count, time.perf_counter() - started, str(directory))
 
@@ -533,7 +570,7 @@ class SearchIndex:
             self.memory_offsets = np.load(directory / OFFSETS)
             memory = manifest.get("memory")
             self.memory = (
-                np.memmap(directory / MEMORY, dtype=np.float16, mode="r", shape=(memory["rows"], memory["width"]))
+                StoredMemory(directory, memory.get("dtype", "f16"), memory["rows"], memory["width"])
                 if memory and memory["rows"]
                 else None
             )
@@ -554,11 +591,22 @@ class SearchIndex:
 
     @classmethod
     def open(cls, directory: Path) -> SearchIndex:
-        return cls(directory, read_manifest(directory))
+        """The index at `directory`, sharded (a `ShardedIndex`, index/shards.py) or not."""
+        manifest = read_manifest(directory)
+        if "shards" in manifest:
+            from fastslow_cli.index.shards import ShardedIndex
+
+            return ShardedIndex(directory, manifest)
+        return cls(directory, manifest)
 
     @property
     def count(self) -> int:
         return int(self.manifest["count"])
+
+    @property
+    def memory_dtype(self) -> str:
+        """How the Slow memory is stored ("f16" for an index from before the choice)."""
+        return str((self.manifest.get("memory") or {}).get("dtype", "f16"))
 
     @property
     def workspace(self) -> Path:
@@ -630,7 +678,7 @@ class SearchIndex:
         if self.memory is None:
             raise FastslowError(f"index {self.directory} has no Slow memory: rebuild it with --slow MODEL")
         off = self.memory_offsets
-        return [np.asarray(self.memory[off[i] : off[i + 1]]) for i in labels]
+        return [self.memory.rows(off[i], off[i + 1]) for i in labels]
 
     def best_timestamp(self, label: int, query_vector: np.ndarray) -> float:
         """The timestamp of the item's frame most similar to the query (0.0 for images)."""
