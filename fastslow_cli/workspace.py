@@ -477,7 +477,10 @@ def _save_trained(
     from fastslow_cli.atomic import atomic_write_text
     from fastslow_cli.models.checkpoint import save_model
 
-    save_model(model_dir, result.model, result.tokenizer, features, training=training, extra={"best": result.best})
+    extra: dict[str, Any] = {"best": result.best}
+    if result.calibration is not None:  # relevance = P(match), for `search --min-score`
+        extra["calibration"] = result.calibration.to_json()
+    save_model(model_dir, result.model, result.tokenizer, features, training=training, extra=extra)
     atomic_write_text(model_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
     best = {k: v for k, v in result.best.items() if k != "best"}
     _emit(

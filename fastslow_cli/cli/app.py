@@ -338,6 +338,13 @@ def search(
         Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the Fast score in re-ranking (default: the index's).")
     ] = None,
     ef: Annotated[Optional[int], typer.Option(min=1, help="HNSW search beam (default: the index's).")] = None,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-score", min=0.0, max=1.0,
+            help="Keep only results whose relevance (calibrated P(match), 0-1; see README) is at least this.",
+        ),
+    ] = None,
     index: UseIndexOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -350,6 +357,8 @@ def search(
     if not queries:
         raise UsageError("no query given: `fastslow search \"a red car\"`, or `-` to read queries from stdin")
     searcher = _workspace(workspace).searcher(index, rerank=rerank > 0, device=device)
+    if min_score is not None:
+        searcher.check_min_score(min_score, rerank)  # once, before any query
     skipped = 0
     missing: set[str] = set()
     for query in read_queries(queries):
@@ -359,7 +368,7 @@ def search(
             warning = searcher.vocabulary_warning(query.text, rerank)
             if warning:
                 _say(f"warning: {warning}")
-            results = searcher.search(query.text, k=k, rerank=rerank, alpha=alpha, ef=ef)
+            results = searcher.search(query.text, k=k, rerank=rerank, alpha=alpha, ef=ef, min_score=min_score)
         except UsageError as exc:  # one odd line in a stdin batch does not stop the others
             if query.line is None:
                 raise
@@ -372,7 +381,8 @@ def search(
                 _emit_json(r.to_json())
         else:
             with _to_stdout():
-                render_results(results)
+                cut = None if min_score is None else f"“{query.text}”: no result with relevance >= {min_score:g}"
+                render_results(results, empty=cut)
     if missing:
         name = searcher.index.directory.name
         _say(
