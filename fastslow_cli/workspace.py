@@ -413,13 +413,29 @@ class Workspace:
         alpha: float | None = None,
         queries: int | None = None,
         media_root: str | os.PathLike[str] | None = None,
+        html: str | os.PathLike[str] | None = None,
+        sweep: Sequence[int] | None = None,
         device: str = "auto",
         progress: Progress | None = None,
     ) -> list[dict[str, Any]]:
-        """R@1/5/10, median rank, twin accuracy and ms/query of each model on a captions split."""
-        from fastslow_cli.data.captioned_set import captioned_set
-        from fastslow_cli.eval.runs import run_eval
+        """R@1/5/10, median rank, twin accuracy and ms/query of each model on a captions split.
 
+        `html` also writes the report page there (eval/report.py): the rows, the re-ranking
+        depths `sweep` (default 0, 5, 10, 20, 50, 100; capped at the split's items), the
+        calibration of relevance and twin pairs won and lost.
+        """
+        from fastslow_cli import __version__
+        from fastslow_cli.atomic import check_writable
+        from fastslow_cli.data.captioned_set import captioned_set
+        from fastslow_cli.eval.runs import DEFAULT_SWEEP, evaluate_split
+
+        depths = list(DEFAULT_SWEEP if sweep is None else sweep)
+        if html is not None:
+            if not depths or any(int(k) != k or k < 0 for k in depths):
+                raise UsageError(f"--sweep must list re-ranking depths of 0 or more (0 = Fast only), got {depths}")
+            if Path(html).is_dir():
+                raise UsageError(f"--html {html} is a folder: name the report file, e.g. {Path(html) / 'report.html'}")
+            check_writable(Path(html).parent)  # before the evaluation, not when its result is written
         store = self.store(set, progress)
         data = captioned_set(store, captions, (split,), media_root)
         _report_matching(data, progress)
@@ -434,10 +450,19 @@ class Workspace:
             raise UsageError("--rerank needs a Slow model: pass --slow NAME")
         count = len(data.pairs[split]) if queries is None else min(queries, len(data.pairs[split]))
         _emit(progress, "info", message=f"eval on split '{split}': {count} captions, {len(data.table.ids)} items")
-        return run_eval(
+        evaluation = evaluate_split(
             store, data, split, fast_model, slow_model, distilled_model, rerank, alpha,
             status=lambda method: _emit(progress, "phase", message=f"evaluating {method}"), max_queries=queries,
+            sweep=depths if html is not None else None,
         )
+        if html is not None:
+            from fastslow_cli.eval.report import write_report
+
+            models = {what: m.identity.get("path") or m.identity.get("name")
+                      for what, m in (("fast", fast_model), ("distilled", distilled_model), ("slow", slow_model)) if m}
+            path = write_report(evaluation, html, {"version": __version__, "models": models})
+            _emit(progress, "info", message=f"wrote the report {path}")
+        return evaluation.rows
 
 
 def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str, Any], what: str) -> None:

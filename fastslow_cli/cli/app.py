@@ -408,17 +408,31 @@ def evaluate(
     queries: Annotated[
         Optional[int], typer.Option("--queries", min=1, help="Evaluate a seeded random subset of this many captions.")
     ] = None,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML report (plots, calibration, twins).",
+                     show_default=False),
+    ] = None,
+    sweep: Annotated[
+        str, typer.Option("--sweep", metavar="K,K,...", help="Re-ranking depths the --html report plots (0 = Fast only).")
+    ] = "0,5,10,20,50,100",
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """R@1/5/10, median rank, twin accuracy and ms/query of fast, slow, distilled and fast+rerank."""
     from fastslow_cli.cli.progress import Events
+    from fastslow_cli.errors import UsageError
 
+    try:
+        depths = [int(k) for k in sweep.split(",") if k.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep {sweep!r}: give whole numbers separated by commas, e.g. 0,5,10,20") from None
     ws = _workspace(workspace)
     with Events() as events:
         rows = ws.evaluate(
             captions, split=split, set=set_name, fast=fast or None, slow=slow or None, distilled=distilled,
-            rerank=rerank, alpha=alpha, queries=queries, media_root=media_root, device=device, progress=events,
+            rerank=rerank, alpha=alpha, queries=queries, media_root=media_root, html=html, sweep=depths,
+            device=device, progress=events,
         )
     if json_out:
         for row in rows:
