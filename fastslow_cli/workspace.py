@@ -294,6 +294,42 @@ class Workspace:
         training = {**result.args.to_dict(), **data.provenance(), "teacher": str(teacher_dir), "student": str(student_dir)}
         return _save_trained(model_dir, result, {"fingerprint": data.fingerprint, "set": set}, training, "fast", progress)
 
+    def calibrate(
+        self,
+        model: str,
+        captions: CaptionsPaths,
+        *,
+        set: str = "default",  # noqa: A002
+        media_root: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Fit (or refit) a trained model's relevance calibration on the val split and store it in
+        its `config.json`, as training does (same val subset: the `val_items`, `val_texts` and
+        `seed` it was trained with). For models saved before training fitted one. The weights,
+        and so the model's content hash and the indexes built with it, are unchanged."""
+        from fastslow_cli.atomic import atomic_write_json, check_writable
+        from fastslow_cli.models.checkpoint import CONFIG, load_model
+        from fastslow_cli.runtime import resolve_device
+        from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, ValSet, validator
+
+        folder = Path(self.resolve_model(model))
+        check_writable(folder)
+        data = self._training_data(set, captions, media_root, progress)
+        loaded = load_model(folder, fingerprint=data.fingerprint)
+        trained = loaded.config.get("training", {})
+        defaults = SlowTrainArgs() if loaded.kind == "slow" else TrainArgs()
+        val = ValSet(data.pairs["val"], int(trained.get("val_items", defaults.val_items)),
+                     int(trained.get("val_texts", defaults.val_texts)), int(trained.get("seed", 0)))
+        dev = resolve_device(device)
+        _emit(progress, "info", message=f"calibrate {folder.name}: {len(val.texts)} val captions x {len(val.items)} items")
+        calibration = validator(loaded.model.to(dev), loaded.tokenizer, data.table, val, dev).calibrate()
+        if calibration is None:
+            raise FastslowError(f"the val split of {captions} has fewer than 2 items: a calibration needs more")
+        atomic_write_json(folder / CONFIG, {**loaded.config, "calibration": calibration.to_json()})
+        _emit(progress, "info", message=f"saved the calibration in {folder / CONFIG}")
+        return {"model": folder.name, "path": str(folder), **calibration.to_json()}
+
     # ---- models -----------------------------------------------------------------------
     def load_fast(self, name: str, device: str = "auto") -> FastRetriever:
         """A Fast retriever by name (WORKSPACE/models), folder or Hugging Face CLIP id."""

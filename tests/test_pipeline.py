@@ -329,7 +329,16 @@ def test_models_are_calibrated_and_min_score_cuts(trained: dict[str, Path], tmp_
     out = cli(old, "search", q, "--min-score", "0.5")
     assert out.returncode == 1 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert f"the Fast model {old / 'models' / 'distilled'} has none" in " ".join(out.stderr.split())
+    assert "fastslow calibrate distilled --captions FILE" in " ".join(out.stderr.split())
     assert ok(cli(old, "search", q, "--json")).stdout  # searching without the cut-off still works
+    # `fastslow calibrate` fits what training fitted (same val subset), and the index still takes the model.
+    summary = json.loads(ok(cli(old, "calibrate", "distilled", "--captions", str(trained["captions"]), "--json")).stdout)
+    want = json.loads((ws / "models" / "distilled" / "config.json").read_text())["calibration"]
+    assert (summary["a"], summary["b"]) == pytest.approx((want["a"], want["b"]), rel=1e-6, abs=1e-9)
+    assert json.loads(config.read_text())["calibration"] == {k: summary[k] for k in want}
+    again = [json.loads(x) for x in ok(cli(old, "search", q, "--json", "-k", "10", "--rerank", "5", "--min-score",
+                                           repr(cut))).stdout.splitlines()]
+    assert [r["id"] for r in again] == [r["id"] for r in kept]
 
 
 def test_mismatched_model_refused(trained: dict[str, Path]) -> None:

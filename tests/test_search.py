@@ -311,7 +311,7 @@ def test_min_score_drops_results_below_it_and_keeps_the_rest_as_they_were(
 
 
 def test_min_score_needs_calibrated_models_and_a_probability(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
-    with pytest.raises(FastslowError, match=r"Fast model models/fast-a has none .*retrain it"):
+    with pytest.raises(FastslowError, match=r"Fast model models/fast-a has none .*run `fastslow calibrate fast-a --captions FILE`"):
         setup[0].search(QUERIES[0], min_score=0.5)
     only_fast = calibrated(setup[0], FAST_CAL, None)
     assert only_fast.search(QUERIES[0], min_score=0.0)  # the Slow model is not used without --rerank

@@ -243,6 +243,30 @@ def _fit(workspace: Path | None, json_out: bool, run: Callable[[Any, Any], Any])
         _emit_json(summary.to_json())
 
 
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Argument(help="A trained model (name under WORKSPACE/models or folder).")],
+    captions: CaptionsOpt,
+    media_root: MediaRootOpt = None,
+    workspace: WorkspaceOpt = None,
+    set_name: SetOpt = "default",
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit a model's relevance scale (for `search --min-score`) on the val split, as training does.
+
+    Models trained by this fastslow are calibrated already; this is for older ones. The
+    weights are untouched, so indexes built with the model stay valid.
+    """
+    from fastslow_cli.cli.progress import Events
+
+    ws = _workspace(workspace)
+    with Events() as events:
+        summary = ws.calibrate(model, captions, set=set_name, media_root=media_root, device=device, progress=events)
+    if json_out:
+        _emit_json(summary)
+
+
 ModelOpt = Annotated[
     str, typer.Option("--model", help="Fast model: a name under WORKSPACE/models, a folder, or a Hugging Face CLIP id.")
 ]
@@ -477,7 +501,8 @@ INTERRUPTED = {
     "index update": "the index was not changed (it is swapped in only when complete); run the command again",
     "index add": "the index was not changed (it is swapped in only when complete); run the command again",
     "search": "the results printed are complete; queries not yet answered were not searched, run them again",
-    "eval": "eval writes nothing; run the command again",
+    "eval": "eval writes nothing (an --html report only when complete); run the command again",
+    "calibrate": "the model's config.json was not changed; run the command again",
     "demo": "the generated data and extracted features are kept and reused; run it again to redo the rest",
 }
 INTERRUPT_EXIT = 130

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 from typing import TYPE_CHECKING
@@ -168,8 +169,8 @@ class Searcher:
                 where = model.identity.get("path") or model.identity.get("name") or "?"
                 raise FastslowError(
                     f"--min-score needs calibrated models, but the {what} model {where} has none (saved before "
-                    "fastslow fitted one at training, or a Hugging Face model): retrain it (fastslow train / distill) "
-                    "and rebuild the index, or search without --min-score"
+                    f"fastslow fitted one at training, or a Hugging Face model): run `fastslow calibrate "
+                    f"{Path(str(where)).name} --captions FILE` (its training captions), or search without --min-score"
                 )
 
     def search_many(
