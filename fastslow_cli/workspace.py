@@ -294,6 +294,42 @@ class Workspace:
         training = {**result.args.to_dict(), **data.provenance(), "teacher": str(teacher_dir), "student": str(student_dir)}
         return _save_trained(model_dir, result, {"fingerprint": data.fingerprint, "set": set}, training, "fast", progress)
 
+    def calibrate(
+        self,
+        model: str,
+        captions: CaptionsPaths,
+        *,
+        set: str = "default",  # noqa: A002
+        media_root: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Fit (or refit) a trained model's relevance calibration on the val split and store it in
+        its `config.json`, as training does (same val subset: the `val_items`, `val_texts` and
+        `seed` it was trained with). For models saved before training fitted one. The weights,
+        and so the model's content hash and the indexes built with it, are unchanged."""
+        from fastslow_cli.atomic import atomic_write_json, check_writable
+        from fastslow_cli.models.checkpoint import CONFIG, load_model
+        from fastslow_cli.runtime import resolve_device
+        from fastslow_cli.training.loop import SlowTrainArgs, TrainArgs, ValSet, validator
+
+        folder = Path(self.resolve_model(model))
+        check_writable(folder)
+        data = self._training_data(set, captions, media_root, progress)
+        loaded = load_model(folder, fingerprint=data.fingerprint)
+        trained = loaded.config.get("training", {})
+        defaults = SlowTrainArgs() if loaded.kind == "slow" else TrainArgs()
+        val = ValSet(data.pairs["val"], int(trained.get("val_items", defaults.val_items)),
+                     int(trained.get("val_texts", defaults.val_texts)), int(trained.get("seed", 0)))
+        dev = resolve_device(device)
+        _emit(progress, "info", message=f"calibrate {folder.name}: {len(val.texts)} val captions x {len(val.items)} items")
+        calibration = validator(loaded.model.to(dev), loaded.tokenizer, data.table, val, dev).calibrate()
+        if calibration is None:
+            raise FastslowError(f"the val split of {captions} has fewer than 2 items: a calibration needs more")
+        atomic_write_json(folder / CONFIG, {**loaded.config, "calibration": calibration.to_json()})
+        _emit(progress, "info", message=f"saved the calibration in {folder / CONFIG}")
+        return {"model": folder.name, "path": str(folder), **calibration.to_json()}
+
     # ---- models -----------------------------------------------------------------------
     def load_fast(self, name: str, device: str = "auto") -> FastRetriever:
         """A Fast retriever by name (WORKSPACE/models), folder or Hugging Face CLIP id."""
@@ -456,14 +492,30 @@ class Workspace:
         alpha: float | None = None,
         queries: int | None = None,
         media_root: str | os.PathLike[str] | None = None,
+        html: str | os.PathLike[str] | None = None,
+        sweep: Sequence[int] | None = None,
         device: str = "auto",
         progress: Progress | None = None,
         memory: str | None = None,
     ) -> list[dict[str, Any]]:
-        """R@1/5/10, median rank, twin accuracy and ms/query of each model on a captions split."""
-        from fastslow_cli.data.captioned_set import captioned_set
-        from fastslow_cli.eval.runs import run_eval
+        """R@1/5/10, median rank, twin accuracy and ms/query of each model on a captions split.
 
+        `html` also writes the report page there (eval/report.py): the rows, the re-ranking
+        depths `sweep` (default 0, 5, 10, 20, 50, 100; capped at the split's items), the
+        calibration of relevance and twin pairs won and lost.
+        """
+        from fastslow_cli import __version__
+        from fastslow_cli.atomic import check_writable
+        from fastslow_cli.data.captioned_set import captioned_set
+        from fastslow_cli.eval.runs import DEFAULT_SWEEP, evaluate_split
+
+        depths = list(DEFAULT_SWEEP if sweep is None else sweep)
+        if html is not None:
+            if not depths or any(int(k) != k or k < 0 for k in depths):
+                raise UsageError(f"--sweep must list re-ranking depths of 0 or more (0 = Fast only), got {depths}")
+            if Path(html).is_dir():
+                raise UsageError(f"--html {html} is a folder: name the report file, e.g. {Path(html) / 'report.html'}")
+            check_writable(Path(html).parent)  # before the evaluation, not when its result is written
         store = self.store(set, progress)
         data = captioned_set(store, captions, (split,), media_root)
         _report_matching(data, progress)
@@ -478,11 +530,20 @@ class Workspace:
             raise UsageError("--rerank needs a Slow model: pass --slow NAME")
         count = len(data.pairs[split]) if queries is None else min(queries, len(data.pairs[split]))
         _emit(progress, "info", message=f"eval on split '{split}': {count} captions, {len(data.table.ids)} items")
-        return run_eval(
+        evaluation = evaluate_split(
             store, data, split, fast_model, slow_model, distilled_model, rerank, alpha,
             status=lambda method: _emit(progress, "phase", message=f"evaluating {method}"), max_queries=queries,
             memory_dtype=memory,
+            sweep=depths if html is not None else None,
         )
+        if html is not None:
+            from fastslow_cli.eval.report import write_report
+
+            models = {what: m.identity.get("path") or m.identity.get("name")
+                      for what, m in (("fast", fast_model), ("distilled", distilled_model), ("slow", slow_model)) if m}
+            path = write_report(evaluation, html, {"version": __version__, "models": models})
+            _emit(progress, "info", message=f"wrote the report {path}")
+        return evaluation.rows
 
 
 def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str, Any], what: str) -> None:
@@ -523,7 +584,10 @@ def _save_trained(
     from fastslow_cli.models.checkpoint import save_model
     from fastslow_cli.models.files import export_enabled
 
-    save_model(model_dir, result.model, result.tokenizer, features, training=training, extra={"best": result.best})
+    extra: dict[str, Any] = {"best": result.best}
+    if result.calibration is not None:  # relevance = P(match), for `search --min-score`
+        extra["calibration"] = result.calibration.to_json()
+    save_model(model_dir, result.model, result.tokenizer, features, training=training, extra=extra)
     atomic_write_text(model_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
     if export_enabled():
         _export_graph(model_dir, progress, result.model)

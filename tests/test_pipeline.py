@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> Non
     assert "".join(single) == batch
     rows = [json.loads(line) for line in batch.splitlines()]
     assert len(rows) == 10
-    keys = {"query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing"}
+    keys = {"query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing", "relevance"}
     assert all(set(r) == keys for r in rows)
     assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
     assert all((r["timestamp"] is None) == (r["kind"] == "image") for r in rows)
@@ -226,6 +227,130 @@ def test_eval_json(trained: dict[str, Path]) -> None:
     assert (rerank["K"], rerank["fast_model"]) == (5, "distilled")
     assert (rerank["R@5"], rerank["R@10"]) == (rows["distilled"]["R@5"], rows["distilled"]["R@10"])
     assert (rows["slow"]["queries"], rows["slow"]["items"]) == (len(texts), len(data.table.ids))
+
+
+class _Page(HTMLParser):
+    """What the report tests read from a page: tags, attributes, table cells, the embedded rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.scripts: dict[str, str] = {}
+        self.noimg: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self._script: str | None = None
+        self._in_noimg = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "table" and a.get("id"):
+            self._table = a["id"]
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag == "td" and self._table:
+            self._cell = []
+        elif tag == "script":
+            self._script = a.get("id") or ""
+            self.scripts[self._script] = ""
+        elif tag == "div" and a.get("class") == "noimg":
+            self._in_noimg = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._table:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "script":
+            self._script = None
+        elif tag == "div":
+            self._in_noimg = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._script is not None:
+            self.scripts[self._script] += data
+        if self._in_noimg:
+            self.noimg.append(data.strip())
+
+
+def test_eval_html_report(trained: dict[str, Path], tmp_path: Path) -> None:
+    ws, report = trained["ws"], tmp_path / "out" / "report.html"
+    out = ok(cli(ws, "eval", "--captions", str(trained["captions"]), "--distilled", "distilled", "--rerank", "5",
+                 "--sweep", "0,5,10,500", "--html", str(report), "--json"))
+    rows = [json.loads(line) for line in out.stdout.splitlines()]  # --json is unchanged by --html
+    assert [r["method"] for r in rows] == ["fast", "distilled", "slow", "rerank"]
+    page = _Page()
+    page.feed(report.read_text(encoding="utf-8"))
+    # Self-contained: nothing fetched from elsewhere (pictures are data URIs, links are fragments).
+    links = [v for _, a in page.tags for k, v in a.items() if k in ("src", "href", "xlink:href") and v]
+    assert all(v.startswith(("data:image/jpeg;base64,", "#")) for v in links), links
+    assert not any(t in ("link", "iframe") or (t == "script" and a.get("src")) for t, a in page.tags)
+    # Four plots of the K sweep (recall, twins, ms/query, trade-off) and the reliability diagram.
+    assert sum(t == "svg" for t, _ in page.tags) == 5
+    # The table is the one `eval --json` gave.
+    shown = page.tables["eval-table"][1:]
+    assert shown == [[r["method"] + (f" K={r['K']}" if "K" in r else ""), f"{r['R@1']:.1f}", f"{r['R@5']:.1f}",
+                      f"{r['R@10']:.1f}", f"{r['median_rank']:g}", "-" if r["twin_acc"] is None else f"{r['twin_acc']:.1f}",
+                      f"{r['ms_per_query']:.2f}"] for r in rows]
+    assert [r["method"] for r in json.loads(page.scripts["eval-rows"])] == [r["method"] for r in rows]
+    # The sweep: K capped at the split's items; its K=5 point is the rerank row (the same search path).
+    sweep = page.tables["sweep-table"][1:]
+    items = rows[0]["items"]
+    assert [p[0] for p in sweep] == ["0", "5", "10", str(items)]
+    assert sweep[1][1:4] == shown[3][1:4]
+    assert sweep[0][2:4] == shown[1][2:4]  # K = 0: the distilled model's own ranking (HNSW is exact here)
+    populations = [c[0] for c in page.tables["calibration-table"][1:]]
+    assert populations == ["fast: all pairs", "distilled: all pairs", "slow: all pairs",
+                           "search results, rerank K=5", "search results, Fast only (top 10)"]
+    # Twin examples: every image shown as a picture; only videos go without one.
+    assert rows[0]["twins"] > 0 and "Twin pairs won and lost" in report.read_text(encoding="utf-8")
+    assert set(page.noimg) <= {"video"}
+    out = cli(ws, "eval", "--captions", str(trained["captions"]), "--html", str(tmp_path), "--slow", "")
+    assert out.returncode == 2 and "is a folder" in out.stderr and "Traceback" not in out.stderr
+    out = cli(ws, "eval", "--captions", str(trained["captions"]), "--html", str(report), "--sweep", "5,x")
+    assert out.returncode == 2 and "--sweep" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_models_are_calibrated_and_min_score_cuts(trained: dict[str, Path], tmp_path: Path) -> None:
+    ws = trained["ws"]
+    val_items = len({json.loads(line)["media"] for line in trained["captions"].read_text().splitlines()
+                     if json.loads(line)["split"] == "val"})
+    for name, score in (("fast", "fast_score"), ("slow", "slow_score"), ("distilled", "fast_score")):
+        cal = json.loads((ws / "models" / name / "config.json").read_text())["calibration"]
+        assert cal["input"] == score and cal["items"] == val_items and math.isfinite(cal["a"] + cal["b"])
+    q = "a red circle left of a blue square"
+    full = [json.loads(x) for x in ok(cli(ws, "search", q, "--json", "-k", "10", "--rerank", "5")).stdout.splitlines()]
+    assert all(0.0 <= r["relevance"] <= 1.0 for r in full)
+    cut = sorted(r["relevance"] for r in full)[5]
+    kept = [json.loads(x) for x in ok(cli(ws, "search", q, "--json", "-k", "10", "--rerank", "5", "--min-score",
+                                          repr(cut))).stdout.splitlines()]
+    assert kept == [r for r in full if r["relevance"] >= cut] and 0 < len(kept) < 10
+    table = ok(cli(ws, "search", q, "--rerank", "5", "--min-score", "1")).stdout
+    assert "no result with relevance >= 1" in table or "relevance" in table
+    # A model saved before calibrations: --min-score is a one-line error naming it.
+    old = tmp_path / "ws"
+    shutil.copytree(ws, old, ignore=shutil.ignore_patterns("demo-data*"))
+    config = old / "models" / "distilled" / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "calibration"}))
+    out = cli(old, "search", q, "--min-score", "0.5")
+    assert out.returncode == 1 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert f"the Fast model {old / 'models' / 'distilled'} has none" in " ".join(out.stderr.split())
+    assert "fastslow calibrate distilled --captions FILE" in " ".join(out.stderr.split())
+    assert ok(cli(old, "search", q, "--json")).stdout  # searching without the cut-off still works
+    # `fastslow calibrate` fits what training fitted (same val subset), and the index still takes the model.
+    summary = json.loads(ok(cli(old, "calibrate", "distilled", "--captions", str(trained["captions"]), "--json")).stdout)
+    want = json.loads((ws / "models" / "distilled" / "config.json").read_text())["calibration"]
+    assert (summary["a"], summary["b"]) == pytest.approx((want["a"], want["b"]), rel=1e-6, abs=1e-9)
+    assert json.loads(config.read_text())["calibration"] == {k: summary[k] for k in want}
+    again = [json.loads(x) for x in ok(cli(old, "search", q, "--json", "-k", "10", "--rerank", "5", "--min-score",
+                                           repr(cut))).stdout.splitlines()]
+    assert [r["id"] for r in again] == [r["id"] for r in kept]
 
 
 def test_mismatched_model_refused(trained: dict[str, Path]) -> None:

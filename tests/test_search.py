@@ -9,6 +9,7 @@ import pytest
 
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.eval.calibration import Calibration
 from fastslow_cli.index.folder import SearchIndex, build_index
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
 from fastslow_cli.search.searcher import Result, Searcher, blend, check_query, rank_candidates
@@ -220,8 +221,9 @@ def test_rerank_needs_slow_and_other_models_refused(index_kit, setup: tuple[Sear
 def test_result_json_fields(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
     searcher, _, _ = setup
     row = searcher.search("a dog", k=1, rerank=2)[0].to_json()
-    assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing"]
-    assert row["rank"] == 1 and isinstance(row["slow_score"], float)
+    assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing",
+                         "relevance"]
+    assert row["rank"] == 1 and isinstance(row["slow_score"], float) and row["relevance"] is None  # uncalibrated models
 
 
 @pytest.mark.parametrize("query", ["zzz qqq", "狗", "zebra 🦓 !", "Xylophone"])
@@ -265,3 +267,55 @@ def test_results_whose_file_is_gone_are_flagged(index_kit, tmp_path: Path) -> No
     assert len(results) == 6
     assert [r.id for r in results if r.missing] == ["item004.png"]
     assert next(r for r in results if r.missing).to_json()["missing"] is True
+
+
+def calibrated(searcher: Searcher, fast: Calibration | None, slow: Calibration | None) -> Searcher:
+    """A Searcher over the same index whose models carry these calibrations (the fixture's stay as they are)."""
+    import copy
+
+    f, s = copy.copy(searcher.fast), copy.copy(searcher.slow)
+    f.calibration, s.calibration = fast, slow
+    return Searcher(searcher.index, f, s)
+
+
+FAST_CAL = Calibration(a=8.0, b=-2.0, input="fast_score", items=45, fit_items=45, fit_queries=45)
+SLOW_CAL = Calibration(a=3.0, b=9.0, input="slow_score", items=45, fit_items=45, fit_queries=45)
+
+
+@pytest.mark.parametrize("rerank", [0, 4])
+def test_relevance_is_the_slow_calibration_for_the_head_and_the_fast_one_for_the_tail(
+    setup: tuple[Searcher, NativeFast, NativeSlow], rerank: int
+) -> None:
+    searcher = calibrated(setup[0], FAST_CAL, SLOW_CAL)
+    results = searcher.search(QUERIES[0], k=10, rerank=rerank)
+    assert sum(r.slow_score is not None for r in results) == rerank
+    for r in results:
+        want = SLOW_CAL(r.slow_score) if r.slow_score is not None else FAST_CAL(r.fast_score)
+        assert r.relevance == pytest.approx(float(want)) and 0.0 <= r.relevance <= 1.0
+    assert key(results) == key(setup[0].search(QUERIES[0], k=10, rerank=rerank))  # nothing else changed
+    assert all(r.relevance is None for r in setup[0].search(QUERIES[0], k=10, rerank=rerank))  # uncalibrated models
+
+
+def test_min_score_drops_results_below_it_and_keeps_the_rest_as_they_were(
+    setup: tuple[Searcher, NativeFast, NativeSlow]
+) -> None:
+    searcher = calibrated(setup[0], FAST_CAL, SLOW_CAL)
+    full = searcher.search(QUERIES[1], k=12, rerank=5)
+    relevances = sorted(r.relevance for r in full)
+    cut = relevances[len(relevances) // 2]  # half of them stay
+    kept = searcher.search(QUERIES[1], k=12, rerank=5, min_score=cut)
+    assert 0 < len(kept) < len(full)
+    assert [r.to_json() for r in kept] == [r.to_json() for r in full if r.relevance >= cut]  # ranks, order, fields
+    assert searcher.search(QUERIES[1], k=12, rerank=5, min_score=0.0) == full
+    assert searcher.search_many(QUERIES[:2], k=12, rerank=5, min_score=cut)[1] == kept
+
+
+def test_min_score_needs_calibrated_models_and_a_probability(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    with pytest.raises(FastslowError, match=r"Fast model models/fast-a has none .*run `fastslow calibrate fast-a --captions FILE`"):
+        setup[0].search(QUERIES[0], min_score=0.5)
+    only_fast = calibrated(setup[0], FAST_CAL, None)
+    assert only_fast.search(QUERIES[0], min_score=0.0)  # the Slow model is not used without --rerank
+    with pytest.raises(FastslowError, match=r"Slow model models/slow-a has none"):
+        only_fast.search(QUERIES[0], rerank=3, min_score=0.5)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        only_fast.search(QUERIES[0], min_score=1.5)

@@ -257,6 +257,30 @@ def _fit(workspace: Path | None, json_out: bool, run: Callable[[Any, Any], Any])
         _emit_json(summary.to_json())
 
 
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Argument(help="A trained model (name under WORKSPACE/models or folder).")],
+    captions: CaptionsOpt,
+    media_root: MediaRootOpt = None,
+    workspace: WorkspaceOpt = None,
+    set_name: SetOpt = "default",
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit a model's relevance scale (for `search --min-score`) on the val split, as training does.
+
+    Models trained by this fastslow are calibrated already; this is for older ones. The
+    weights are untouched, so indexes built with the model stay valid.
+    """
+    from fastslow_cli.cli.progress import Events
+
+    ws = _workspace(workspace)
+    with Events() as events:
+        summary = ws.calibrate(model, captions, set=set_name, media_root=media_root, device=device, progress=events)
+    if json_out:
+        _emit_json(summary)
+
+
 ModelOpt = Annotated[
     str, typer.Option("--model", help="Fast model: a name under WORKSPACE/models, a folder, or a Hugging Face CLIP id.")
 ]
@@ -386,6 +410,13 @@ def search(
         Optional[float], typer.Option(min=0.0, max=1.0, help="Weight of the Fast score in re-ranking (default: the index's).")
     ] = None,
     ef: Annotated[Optional[int], typer.Option(min=1, help="HNSW search beam (default: the index's).")] = None,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-score", min=0.0, max=1.0,
+            help="Keep only results whose relevance (calibrated P(match), 0-1; see README) is at least this.",
+        ),
+    ] = None,
     index: UseIndexOpt = None,
     device: DeviceOpt = "auto",
     engine: Annotated[
@@ -411,6 +442,8 @@ def search(
         from fastslow_cli.runtime import use_all_cores
 
         use_all_cores()
+    if min_score is not None:
+        searcher.check_min_score(min_score, rerank)  # once, before any query
     skipped = 0
     missing: set[str] = set()
     for query in read_queries(queries):
@@ -420,7 +453,7 @@ def search(
             warning = searcher.vocabulary_warning(query.text, rerank)
             if warning:
                 _say(f"warning: {warning}")
-            results = searcher.search(query.text, k=k, rerank=rerank, alpha=alpha, ef=ef)
+            results = searcher.search(query.text, k=k, rerank=rerank, alpha=alpha, ef=ef, min_score=min_score)
         except UsageError as exc:  # one odd line in a stdin batch does not stop the others
             if query.line is None:
                 raise
@@ -433,7 +466,8 @@ def search(
                 _emit_json(r.to_json())
         else:
             with _to_stdout():
-                render_results(results)
+                cut = None if min_score is None else f"“{query.text}”: no result with relevance >= {min_score:g}"
+                render_results(results, empty=cut)
     if missing:
         name = searcher.index.directory.name
         _say(
@@ -467,18 +501,31 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML report (plots, calibration, twins).",
+                     show_default=False),
+    ] = None,
+    sweep: Annotated[
+        str, typer.Option("--sweep", metavar="K,K,...", help="Re-ranking depths the --html report plots (0 = Fast only).")
+    ] = "0,5,10,20,50,100",
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """R@1/5/10, median rank, twin accuracy and ms/query of fast, slow, distilled and fast+rerank."""
     from fastslow_cli.cli.progress import Events
+    from fastslow_cli.errors import UsageError
 
+    try:
+        depths = [int(k) for k in sweep.split(",") if k.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep {sweep!r}: give whole numbers separated by commas, e.g. 0,5,10,20") from None
     ws = _workspace(workspace)
     with Events() as events:
         rows = ws.evaluate(
             captions, split=split, set=set_name, fast=fast or None, slow=slow or None, distilled=distilled,
-            rerank=rerank, alpha=alpha, queries=queries, media_root=media_root, device=device, progress=events,
-            memory=memory.value if memory else None,
+            rerank=rerank, alpha=alpha, queries=queries, media_root=media_root, html=html, sweep=depths,
+            device=device, progress=events, memory=memory.value if memory else None,
         )
     if json_out:
         for row in rows:
@@ -524,7 +571,8 @@ INTERRUPTED = {
     "models export": "a graph is swapped in only when complete; run the command again for the models not reported",
     "index add": "the index was not changed (it is swapped in only when complete); run the command again",
     "search": "the results printed are complete; queries not yet answered were not searched, run them again",
-    "eval": "eval writes nothing; run the command again",
+    "eval": "eval writes nothing (an --html report only when complete); run the command again",
+    "calibrate": "the model's config.json was not changed; run the command again",
     "demo": "the generated data and extracted features are kept and reused; run it again to redo the rest",
 }
 INTERRUPT_EXIT = 130

@@ -50,22 +50,28 @@ def render_extract_summary(summary: ExtractSummary) -> None:
         )
 
 
-def render_results(results: list[Result], console: Console = out_console) -> None:
-    """Search results as a table on stdout (the human form of `--json`)."""
+def render_results(results: list[Result], console: Console = out_console, empty: str | None = None) -> None:
+    """Search results as a table on stdout (the human form of `--json`); `empty` is said when there are none."""
     if not results:
-        console.print("no results: the index is empty", markup=False)
+        console.print(empty or "no results: the index is empty", markup=False)
         return
     reranked = any(r.slow_score is not None for r in results)
+    calibrated = any(r.relevance is not None for r in results)
     table = Table(title=f"“{results[0].query}”", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
+    if calibrated:
+        table.add_column("relevance", justify="right")
     table.add_column("fast", justify="right")
     if reranked:
         table.add_column("slow", justify="right")
     table.add_column("path", overflow="fold")
     table.add_column("at", justify="right")
     for r in results:
-        row = [str(r.rank), f"{r.score:.3f}", f"{r.fast_score:.3f}"]
+        row = [str(r.rank), f"{r.score:.3f}"]
+        if calibrated:
+            row.append("" if r.relevance is None else f"{r.relevance:.2f}")
+        row.append(f"{r.fast_score:.3f}")
         if reranked:
             row.append("" if r.slow_score is None else f"{r.slow_score:.3f}")
         row += [r.path + (" (file gone)" if r.missing else ""), "" if r.timestamp is None else f"{r.timestamp:.1f}s"]

@@ -22,6 +22,7 @@ import numpy as np
 
 from fastslow_cli.atomic import file_sha256
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.eval.calibration import Calibration
 from fastslow_cli.models.files import (
     CONFIG,
     TOKENIZER,
@@ -76,6 +77,7 @@ class _OnnxModel:
             raise FastslowError(f"{tokenizer} does not match {Path(path) / CONFIG} (interrupted save?): retrain the model")
         self.tokenizer = TextTokenizer.load(tokenizer)
         self.identity = native_identity(path, config)
+        self.calibration = Calibration.from_json(config.get("calibration"))  # relevance, as the torch path has it
         self.max_len = int(config["architecture"].get("max_len", self.tokenizer.max_len))
 
     def query_words(self, text: str) -> list[tuple[str, bool]]:

@@ -10,6 +10,10 @@ the same way:
   index caches them) and `score(texts, memories) -> (Q, K)`, every text against every
   memory, with no visual encoding.
 
+Native models also carry `calibration` (`eval.calibration.Calibration` from their
+`config.json`, or None for models saved before one was fitted): their score -> P(match).
+The Hugging Face adapters have none (a retriever without the attribute counts as None).
+
 Native models also have `query_words(text)`: the query's words and whether their
 word-level vocabulary holds each, so search can warn when it knows none (the query then
 reads as [UNK] only and the results are arbitrary). The Hugging Face adapters have no
@@ -25,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from fastslow_cli.eval.calibration import Calibration
 from fastslow_cli.models.encode import (
     fast_batcher,
     fast_item_vectors,
@@ -85,11 +90,13 @@ class NativeFast(_WordVocabulary):
 
     kind = "fast"
 
-    def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], device: torch.device,
+                 calibration: Calibration | None = None) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.identity = identity
         self.device = device
+        self.calibration = calibration
         self.dim = int(model.config.dim)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -106,11 +113,13 @@ class NativeSlow(_WordVocabulary):
 
     kind = "slow"
 
-    def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, model: Any, tokenizer: Any, identity: dict[str, Any], device: torch.device,
+                 calibration: Calibration | None = None) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.identity = identity
         self.device = device
+        self.calibration = calibration
         self.width = int(model.config.width)
 
     @torch.inference_mode()
@@ -148,7 +157,8 @@ def load_native(path: str | Path, kind: str, device: str | None = None) -> Nativ
     dev = resolve_device(device)
     loaded = load_model(path, kind=kind)
     wrapper = NativeFast if kind == "fast" else NativeSlow
-    return wrapper(loaded.model, loaded.tokenizer, native_identity(path, loaded.config), dev)
+    calibration = Calibration.from_json(loaded.config.get("calibration"))
+    return wrapper(loaded.model, loaded.tokenizer, native_identity(path, loaded.config), dev, calibration)
 
 
 def load_fast(path: str | Path, device: str | None = None) -> FastRetriever:

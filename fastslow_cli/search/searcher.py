@@ -22,6 +22,14 @@ So `score > 1` means "re-scored by the Slow model". The raw model scores stay in
 `fast_score` (the cosine) and `slow_score` (the Slow model's score, e.g. a mean token
 log-likelihood, or None when not re-ranked), for thresholds and analysis.
 
+`Result.relevance` is calibrated: P(the item matches the query), in [0, 1], from the
+model's Platt scaling fitted on val at training time (`eval/calibration.py`): the Slow
+calibration of `slow_score` for the re-ranked head, the Fast one of `fast_score` for the
+tail; None when that model has no calibration (saved before one was fitted, or a Hugging
+Face model). `min_score` keeps the results whose relevance is at least that (so fewer
+than k may come back); the others keep their rank, order and fields. Relevance is not
+`score`: it need not fall with the rank across the head/tail boundary.
+
 A query none of whose words a native model knows reads as `[UNK]` alone and gets
 confident but arbitrary results: `vocabulary_warning` says so, for the caller to show.
 Hugging Face models are not checked (their sub-word tokenizers know every word in pieces).
@@ -34,13 +42,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fastslow_cli.errors import UsageError
+from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.eval.calibration import Calibration
 from fastslow_cli.index.folder import SearchIndex
 
 if TYPE_CHECKING:
@@ -61,6 +71,7 @@ class Result:
     slow_score: float | None
     timestamp: float | None
     missing: bool = False  # the media file is gone since the index was built (`fastslow index update` drops it)
+    relevance: float | None = None  # calibrated P(match) in [0, 1]; None without a calibration (see the module docstring)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -137,13 +148,37 @@ class Searcher:
         return f"no word of {query!r} is known to {who} only words of the training captions): results are arbitrary"
 
     def search(
-        self, query: str, k: int = 10, rerank: int = 0, alpha: float | None = None, ef: int | None = None
+        self, query: str, k: int = 10, rerank: int = 0, alpha: float | None = None, ef: int | None = None,
+        min_score: float | None = None,
     ) -> list[Result]:
-        """Top `k` results for `query`; with `rerank` > 0 the Fast top-`rerank` are re-scored by the Slow model."""
-        return self.search_many([query], k, rerank, alpha, ef)[0]
+        """Top `k` results for `query`; with `rerank` > 0 the Fast top-`rerank` are re-scored by the Slow model;
+        with `min_score` only those whose `relevance` is at least that."""
+        return self.search_many([query], k, rerank, alpha, ef, min_score)[0]
+
+    def calibrations(self, rerank: int = 0) -> tuple[Calibration | None, Calibration | None]:
+        """The (Fast, Slow) calibrations relevance is computed with (Slow only when re-ranking)."""
+        fast = getattr(self.fast, "calibration", None)
+        slow = getattr(self.slow, "calibration", None) if rerank and self.slow is not None else None
+        return fast, slow
+
+    def check_min_score(self, min_score: float, rerank: int = 0) -> None:
+        """A usage error for a cut-off out of [0, 1]; an error naming the model when one it needs has no calibration."""
+        if not 0.0 <= min_score <= 1.0:
+            raise UsageError(f"--min-score is a probability between 0 and 1, got {min_score}")
+        fast, slow = self.calibrations(rerank)
+        models = [("Fast", self.fast, fast)] + ([("Slow", self.slow, slow)] if rerank else [])
+        for what, model, calibration in models:
+            if calibration is None:
+                where = model.identity.get("path") or model.identity.get("name") or "?"
+                raise FastslowError(
+                    f"--min-score needs calibrated models, but the {what} model {where} has none (saved before "
+                    f"fastslow fitted one at training, or a Hugging Face model): run `fastslow calibrate "
+                    f"{Path(str(where)).name} --captions FILE` (its training captions), or search without --min-score"
+                )
 
     def search_many(
-        self, queries: Sequence[str], k: int = 10, rerank: int = 0, alpha: float | None = None, ef: int | None = None
+        self, queries: Sequence[str], k: int = 10, rerank: int = 0, alpha: float | None = None, ef: int | None = None,
+        min_score: float | None = None,
     ) -> list[list[Result]]:
         if k < 1:
             raise UsageError(f"-k must be at least 1, got {k}")
@@ -154,6 +189,8 @@ class Searcher:
         alpha = self.default_alpha if alpha is None else alpha
         if not 0.0 <= alpha <= 1.0:
             raise UsageError(f"--alpha must be between 0 and 1, got {alpha}")
+        if min_score is not None:
+            self.check_min_score(min_score, rerank)
         texts = [check_query(q) for q in queries]
         if not texts:
             return []
@@ -162,7 +199,10 @@ class Searcher:
         qvecs = np.concatenate([self.fast.encode_texts([t]) for t in texts])
         depth = max(k, rerank)
         labels, scores = self.index.ann.query(qvecs, depth, ef=ef)
-        return [self._one(q, qvecs[i], labels[i], scores[i], k, rerank, alpha) for i, q in enumerate(queries)]
+        results = [self._one(q, qvecs[i], labels[i], scores[i], k, rerank, alpha) for i, q in enumerate(queries)]
+        if min_score is None:
+            return results
+        return [[r for r in res if r.relevance is not None and r.relevance >= min_score] for res in results]
 
     def _one(
         self, query: str, qvec: np.ndarray, labels: np.ndarray, fast_scores: np.ndarray, k: int, rerank: int, alpha: float
@@ -177,9 +217,11 @@ class Searcher:
         labels = [labels[j] for j in order]
         slow_scores: list[float | None] = [float(slow[j]) if slow is not None and j < head else None for j in order]
         items = self.index.items
+        fast_cal, slow_cal = self.calibrations(rerank)
         out = []
         for rank, label in enumerate(labels[:k]):
             kind = items["kind"][label]
+            calibration, raw = (slow_cal, slow_scores[rank]) if slow_scores[rank] is not None else (fast_cal, fast_scores[rank])
             out.append(
                 Result(
                     query=query,
@@ -192,6 +234,7 @@ class Searcher:
                     slow_score=slow_scores[rank],
                     timestamp=self.index.best_timestamp(label, qvec) if kind == "video" else None,
                     missing=not os.path.exists(items["path"][label]),
+                    relevance=None if calibration is None else float(calibration(raw)),
                 )
             )
         return out

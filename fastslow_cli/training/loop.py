@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.eval.calibration import Calibration, fit_platt
 from fastslow_cli.eval.metrics import evaluate_scores, fast_score_matrix, find_twins, slow_score_matrix
 from fastslow_cli.search.retrievers import NativeFast, NativeSlow
 from fastslow_cli.store.batches import Batcher
@@ -83,6 +84,7 @@ class TrainResult:
     args: TrainArgs
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None  # relevance = P(match) from the best model's val scores
 
 
 def fit_batch(args: A, n_items: int) -> A:
@@ -202,6 +204,7 @@ class ValSet:
     def __init__(self, pairs: Sequence[Pair], max_items: int, max_texts: int, seed: int) -> None:
         by_item = _by_item(pairs)
         items = np.array(sorted(by_item))
+        self.total_items = len(items)  # the whole split's items (a calibration's reference)
         rng = np.random.default_rng(seed + 1)
         self.items = np.sort(rng.permutation(items)[:max_items])
         col = {int(it): j for j, it in enumerate(self.items)}
@@ -235,19 +238,37 @@ class Step:
 StepLoss = Callable[[Step], "tuple[torch.Tensor, dict[str, float]]"]
 
 
+class Validation:
+    """Val metrics of a native Fast or Slow model by `eval.metrics.fast_score_matrix` /
+    `slow_score_matrix` over a retriever of it: what `fastslow eval` would report on `val`.
+    Calling it gives the metrics; `calibrate` fits relevance on the same scores."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: TextTokenizer, table: FeatureTable, val: ValSet,
+                 device: torch.device) -> None:
+        self.model, self.tokenizer, self.val, self.device = model, tokenizer, val, device
+        self.table = table.subset(val.items)  # once per run: the same items every epoch
+        self.wrap, self.score_matrix = (NativeFast, fast_score_matrix) if model.kind == "fast" else (NativeSlow, slow_score_matrix)
+
+    def scores(self) -> np.ndarray:
+        scores, _ = self.score_matrix(self.wrap(self.model, self.tokenizer, {}, self.device), self.table, self.val.texts)
+        return scores
+
+    def __call__(self) -> dict[str, Any]:
+        return evaluate_scores(self.scores(), self.val.texts, self.val.gt, self.val.twins)
+
+    def calibrate(self) -> Calibration | None:
+        """Platt scaling of the model's scores on val (None when val has fewer than two items)."""
+        if len(self.val.items) < 2:
+            return None
+        kind = "fast_score" if self.model.kind == "fast" else "slow_score"
+        return fit_platt(self.scores(), self.val.gt, kind, items=self.val.total_items)
+
+
 def validator(
     model: torch.nn.Module, tokenizer: TextTokenizer, table: FeatureTable, val: ValSet, device: torch.device
-) -> Callable[[], dict[str, Any]]:
-    """Val metrics of a native Fast or Slow model by `eval.metrics.fast_score_matrix` /
-    `slow_score_matrix` over a retriever of it: what `fastslow eval` would report on `val`."""
-    table = table.subset(val.items)  # once per run: the same items every epoch
-    wrap, score_matrix = (NativeFast, fast_score_matrix) if model.kind == "fast" else (NativeSlow, slow_score_matrix)
-
-    def validate() -> dict[str, Any]:
-        scores, _ = score_matrix(wrap(model, tokenizer, {}, device), table, val.texts)
-        return evaluate_scores(scores, val.texts, val.gt, val.twins)
-
-    return validate
+) -> Validation:
+    """The validation of a run (see `Validation`)."""
+    return Validation(model, tokenizer, table, val, device)
 
 
 def fit_config(config: Any, tokenizer: TextTokenizer, table: FeatureTable) -> None:
@@ -264,7 +285,7 @@ def train_loop(
     train_pairs: Sequence[Pair],
     args: TrainArgs,
     step_loss: StepLoss,
-    validate: Callable[[], dict[str, Any]],
+    validate: Validation,
     callback: Callback | None = None,
     device: torch.device | None = None,
     *,
@@ -279,7 +300,8 @@ def train_loop(
     order); `before_epoch(epoch)` runs before each epoch's batches; `validate_start`, when
     given, validates the untrained model as epoch 0 with these extra fields in its record
     (so the run never returns a model worse on val than its start). `started` is the
-    `perf_counter` time the run's "seconds" count from (default: now).
+    `perf_counter` time the run's "seconds" count from (default: now). The best state's
+    relevance calibration (`Validation.calibrate`) is fitted at the end.
     """
     device = device or torch.device("cpu")
     start = time.perf_counter() if started is None else started
@@ -318,7 +340,9 @@ def train_loop(
         measured = epoch == args.epochs or epoch > args.val_start * args.epochs
         metrics = validate() if measured else {}
         selection.add(_epoch_record(epoch, optimiser, losses, metrics, start), measured)
-    return selection.result(tokenizer, args)
+    result = selection.result(tokenizer, args)
+    result.calibration = validate.calibrate()
+    return result
 
 
 def prepare(
