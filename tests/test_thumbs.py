@@ -99,3 +99,22 @@ def test_a_store_without_thumbnails_gets_them_on_the_next_extract(tmp_path: Path
     assert FeatureStore(ws / "features" / "default").parts() == parts  # features untouched
     assert len(_jpegs(ws)) == 6
     assert _extract(src, ws).thumbnailed == 0  # nothing left to do
+
+
+def test_fill_thumbnails_as_index_update_runs_it_and_failures_are_not_retried(tmp_path: Path, make_clip) -> None:
+    from fastslow_cli.features.extract import fill_thumbnails
+
+    src = _media(tmp_path, make_clip)
+    ws = tmp_path / "ws"
+    _extract(src, ws, thumbnails=False)
+    (src / "small.jpg").write_bytes(b"no longer a picture")  # stored, but its file cannot be decoded now
+    store = FeatureStore(ws / "features" / "default")
+    events: list[dict] = []
+    with store.lock():
+        assert fill_thumbnails(store, workers=1, progress=events.append) == 2
+    assert [e["path"] for e in events if e["event"] == "warning"] == [str((src / "small.jpg").resolve())]
+    assert Thumbnails(store.directory).get((src / "small.jpg").resolve().as_posix()) is None
+    events.clear()
+    with store.lock():
+        assert fill_thumbnails(store, workers=1, progress=events.append) == 0  # the failure is remembered
+    assert events == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 
 from fastslow_cli.media.pool import DecodePool, DecodeResult
 from fastslow_cli.features.backbones import Backbone, load_backbone
-from fastslow_cli.media.decode import decode_with_thumbnails
+from fastslow_cli.media.decode import THUMB_SIZE
 from fastslow_cli.media.discover import MediaFile, find_media
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, StoreEntry
 from fastslow_cli.store.thumbs import ThumbnailFiles, entry_key, thumb_key
@@ -255,33 +255,45 @@ def run_extract(
             raise
         summary.removed = store.compact(gone)
         if options.thumbnails:
-            summary.thumbnailed = _fill_thumbnails(store, {m.id for m in items}, backbone.input_size, options, emit)
+            summary.thumbnailed = fill_thumbnails(
+                store, {m.id for m in items}, options.decoder, options.workers, options.timeout, emit
+            )
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _fill_thumbnails(store: FeatureStore, scanned: set[str], size: int, options: ExtractOptions, emit: Progress) -> int:
-    """Give the scanned items stored without thumbnails (by an older fastslow) theirs, then
-    delete the thumbnails no live row names (superseded or removed items). Returns the
-    items given thumbnails. Features are left alone: only the thumbnails are decoded."""
+def fill_thumbnails(
+    store: FeatureStore,
+    only: Collection[str] | None = None,
+    decoder: str = "auto",
+    workers: int = 2,
+    timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> int:
+    """Give the stored items without thumbnails (stored by an older fastslow, or with
+    `thumbnails=False`) theirs, then delete the thumbnails no live row names (superseded
+    or removed items). `only`: consider just these ids. Features are left alone: only
+    media are decoded, at the set's frame size and frame count. Returns the items done.
+    The caller holds the store's writer lock (an extract writes thumbnails before rows)."""
+    emit = progress or _ignore
+    manifest = store.manifest()
+    size, frames = int(manifest["backbone"].get("input_size", THUMB_SIZE)), int(manifest["frames"])
     files = ThumbnailFiles(store.directory)
     entries = store.entries()
-    todo = [e for e in files.missing(entries.values()) if e.id in scanned]
+    todo = [e for e in files.missing(entries.values()) if (only is None or e.id in only) and os.path.exists(e.path)]
     done = 0
     if todo:
-        stage = f"thumbnails {options.set_name}"
+        stage = f"thumbnails {store.directory.name}"
         emit({"event": "start", "stage": stage, "total": len(todo)})
         by_id = {e.id: e for e in todo}
         media = [MediaFile(id=e.id, path=Path(e.path), kind=e.kind, size=e.size, mtime_ns=e.mtime_ns) for e in todo]
-        with DecodePool(
-            size=size, frames=options.frames, decoder=options.decoder, workers=options.workers,
-            timeout=options.timeout, decode_fn=decode_with_thumbnails,
-        ) as pool:
+        with DecodePool(size=size, frames=frames, decoder=decoder, workers=workers, timeout=timeout, thumbnails=True) as pool:
             for r in pool.imap(media):
                 if r is None:
                     continue
                 if r.decoded is None or not r.decoded.thumbnails:
                     emit({"event": "warning", "path": str(r.item.path), "message": f"no thumbnails: {r.error}"})
+                    files.mark_failed(entry_key(by_id[r.item.id]))
                 else:
                     files.put(entry_key(by_id[r.item.id]), r.decoded.thumbnails)
                     done += 1
@@ -346,7 +358,7 @@ def _decode_and_store(
             decoder=options.decoder,
             workers=options.workers,
             timeout=options.timeout,
-            decode_fn=decode_with_thumbnails if options.thumbnails else None,
+            thumbnails=options.thumbnails,
         ) as pool:
             results = pool.imap(work.todo, tick=options.flush_seconds)
             for group in _batches(results, options.batch_size, options.flush_seconds):

@@ -9,7 +9,9 @@ its media again. Files are keyed by the item's `content_hash` (blake2b of its by
 by its id, so nothing can be served stale: a renamed file keeps its thumbnails with its
 features, a changed file has a new hash and gets new ones, and the reader maps an id to a
 hash through the live rows of the store. `prune` (run by `extract` after compaction)
-deletes the thumbnails no live row names. A row without a content hash (its file could
+deletes the thumbnails no live row names. A file whose thumbnails could not be made
+(decoding failed when only thumbnails were asked for) gets an empty `<k>-failed` marker
+instead, so it is not retried on every run. A row without a content hash (its file could
 not be read when it was stored) is keyed by a hash of its id.
 """
 
@@ -55,7 +57,16 @@ class ThumbnailFiles:
             atomic_write_bytes(self.path(key, frame), data)
 
     def has(self, key: str) -> bool:
-        return self.path(key, 0).is_file()
+        """Thumbnails stored, or tried and failed (not retried on every run)."""
+        return self.path(key, 0).is_file() or self._failed(key).is_file()
+
+    def _failed(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}-failed"
+
+    def mark_failed(self, key: str) -> None:
+        """Remember that this content could not be decoded for thumbnails."""
+        (self.directory / key[:2]).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self._failed(key), b"")
 
     def count(self, key: str) -> int:
         """Frames 0, 1, ... stored for `key` (stops at the first missing one)."""
@@ -65,7 +76,7 @@ class ThumbnailFiles:
         return n
 
     def missing(self, entries: Iterable[StoreEntry]) -> list[StoreEntry]:
-        """The entries with no thumbnail (e.g. stored before thumbnails existed)."""
+        """The entries with no thumbnail and no failed try (e.g. stored before thumbnails existed)."""
         return [e for e in entries if not self.has(entry_key(e))]
 
     def prune(self, live: Collection[str]) -> int:
