@@ -235,3 +235,20 @@ def test_blip_memory_stored_as_int8(models: dict[str, Path], table: FeatureTable
     f16, int8 = slow.score(TEXTS, memories), slow.score(TEXTS, stored)
     np.testing.assert_allclose(int8, f16, atol=2e-3)  # measured 3e-4; scores spread over ~0.1
     assert (np.argsort(-f16, axis=1) == np.argsort(-int8, axis=1)).all()
+
+
+def test_blip_heatmap_shapes_and_finite_values(models: dict[str, Path], table: FeatureTable) -> None:
+    """A random tiny BLIP cannot attend meaningfully: only shapes, ranges and finiteness are checked."""
+    slow = load_blip(models["blip"], "cpu")
+    memories = slow.encode_items(table)
+    for row in (0, 2):
+        hm = slow.heatmap("a red cube left of the blue ball", memories[row], table.timestamps[row])
+        frames = int(table.frames[row])
+        assert hm.tokens == ["a", "red", "cube", "left", "of", "the", "blue", "ball"]
+        assert hm.maps.shape == (frames, 8, SIZE // 8, SIZE // 8) and hm.query_map.shape == (frames, 4, 4)
+        assert np.isfinite(hm.maps).all() and hm.maps.min() >= 0.0 and hm.maps.max() <= 1.0
+        assert hm.maps.max() == 1.0  # not flat
+        assert hm.timestamps == [float(t) for t in table.timestamps[row]]
+    before = slow.score(TEXTS, memories)
+    slow.heatmap("a red cube", memories[0], [0.0])
+    np.testing.assert_array_equal(slow.score(TEXTS, memories), before)

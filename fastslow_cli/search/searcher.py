@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from dataclasses import asdict, dataclass
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,7 +54,9 @@ from fastslow_cli.eval.calibration import Calibration
 from fastslow_cli.index.folder import SearchIndex
 
 if TYPE_CHECKING:
+    from fastslow_cli.search.heatmap import HeatMap
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
+    from fastslow_cli.store.thumbs import Thumbnails
 
 MAX_QUERY_CHARS = 1000
 
@@ -126,6 +128,48 @@ class Searcher:
         self.fast = fast
         self.slow = slow
         self.engine = engine  # what runs the models: "onnx" (ONNX Runtime) or "torch"
+        self._thumbnails: Thumbnails | None = None
+        self._labels: dict[str, int] | None = None
+        self._attention: Any = None  # the torch Slow model heat maps come from, when `slow` runs on ONNX
+
+    @property
+    def thumbnails(self) -> Thumbnails:
+        """The thumbnails of the index's feature set (`store/thumbs.py`), opened once."""
+        if self._thumbnails is None:
+            from fastslow_cli.store.thumbs import Thumbnails
+
+            self._thumbnails = Thumbnails(self.index.feature_set_dir)
+        return self._thumbnails
+
+    def label(self, item_id: str) -> int:
+        """The index row of `item_id`; a UsageError naming it when the index does not hold it."""
+        if self._labels is None:
+            self._labels = {item: i for i, item in enumerate(self.index.items["id"])}
+        if item_id not in self._labels:
+            raise UsageError(f"item {item_id!r} is not in index {self.index.directory}: pass an id a search returned")
+        return self._labels[item_id]
+
+    def heatmap(self, query: str, item_id: str) -> HeatMap:
+        """Where the index's Slow model looks for each word of `query` in item `item_id`,
+        per frame (`search/heatmap.py`). Needs an index built with a Slow model."""
+        if self.slow is None:
+            raise UsageError("heat maps need a Slow model: build the index with --slow MODEL (and search with re-ranking on)")
+        label = self.label(item_id)
+        memory = self.index.memories([label])[0]
+        return self._attention_model().heatmap(check_query(query), memory, self.index.items["timestamps"][label])
+
+    def _attention_model(self) -> Any:
+        """The Slow model with attention weights: itself on torch; on ONNX (whose graph
+        returns scores only) the same weights loaded on torch once, on first use."""
+        if hasattr(self.slow, "heatmap"):
+            return self.slow
+        if getattr(self.slow, "engine", None) != "onnx":
+            raise UsageError(f"the Slow model {self.slow.identity.get('name')} cannot draw heat maps")
+        if self._attention is None:
+            from fastslow_cli.search.retrievers import load_slow
+
+            self._attention = load_slow(self.slow.identity["path"], "cpu")
+        return self._attention
 
     @property
     def default_alpha(self) -> float:
