@@ -22,7 +22,7 @@ from fastslow_cli.demo.synth import SynthConfig, generate
 from fastslow_cli.store.thumbs import FOLDER
 from fastslow_cli.workspace import Workspace
 
-FULL = {"images": 400, "videos": 40, "repeats": 3}
+FULL = {"images": 400, "videos": 40, "repeats": 5}
 QUICK = {"images": 12, "videos": 3, "repeats": 1}
 
 
@@ -44,6 +44,7 @@ def thumb_bytes(workspace: Workspace, set_name: str) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict:
     sizes = {**(QUICK if args.quick else FULL), **{k: v for k, v in vars(args).items() if k in FULL and v is not None}}
+    machine = common.machine()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generate(root / "synth", SynthConfig(n_images=sizes["images"], n_videos=sizes["videos"], seed=0))
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "quick": args.quick,
         "params": {**sizes, "workers": args.workers, "frames_per_video": 8, "backbone": "pixels (64 px)"},
-        "machine": {**common.machine(), "load_avg_at_end": common.load_average()},
+        "machine": {**machine, "load_avg_at_end": common.load_average()},
         "rows": rows,
     }
 

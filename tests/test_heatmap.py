@@ -183,3 +183,14 @@ def test_colour_and_shape_words_peak_on_the_object_and_follow_it(trained_slow) -
     # Measured: 69/80 and 61/80; a peak at a random cell lands in the box about 14% of the time.
     print(f"peak on the object: {here}/{total}, after moving it {moved}/{total}, chance {np.mean(chance):.2f}")
     assert here / total >= 0.6 and moved / total >= 0.6
+
+
+def test_searcher_thumbnails_read_the_index_feature_set(searcher: Searcher) -> None:
+    from fastslow_cli.store.thumbs import ThumbnailFiles
+
+    item = searcher.index.items["id"][0]
+    assert searcher.thumbnails.get(item) is None and searcher.thumbnails.count(item) == 0  # none stored yet
+    ThumbnailFiles(searcher.index.feature_set_dir).put(f"hash-{item}", [b"jpeg-0", b"jpeg-1"])  # its content hash
+    assert searcher.thumbnails is searcher.thumbnails  # opened once
+    assert (searcher.thumbnails.get(item), searcher.thumbnails.get(item, 1)) == (b"jpeg-0", b"jpeg-1")
+    assert searcher.thumbnails.count(item) == 2 and searcher.thumbnails.mime == "image/jpeg"
