@@ -11,12 +11,12 @@ encoding and of writing one small file per frame.
 
 from __future__ import annotations
 
-import common  # noqa: I001 - first: sets the BLAS threads before numpy loads
-
 import argparse
 import statistics
 import tempfile
 from pathlib import Path
+
+import common  # first of the project's imports: sets the BLAS threads before numpy loads
 
 from fastslow_cli.demo.synth import SynthConfig, generate
 from fastslow_cli.store.thumbs import FOLDER
@@ -79,11 +79,14 @@ def run(args: argparse.Namespace) -> dict:
 
 def to_markdown(report: dict) -> str:
     p = report["params"]
-    lines = [
-        "# Extract with and without thumbnails", "",
+    setting = (
         f"`Workspace.extract` of the demo's synthetic media ({p['images']} images, {p['videos']} clips, "
         f"{p['frames_per_video']} frames per clip, {p['backbone']}, {p['workers']} decode workers), a fresh feature set "
-        f"per run, with and without thumbnails alternated, median of {p['repeats']} run(s) each.", "",
+        f"per run, with and without thumbnails alternated, median of {p['repeats']} run(s) each."
+    )
+    lines = [
+        "# Extract with and without thumbnails", "",
+        setting, "",
         report["machine"]["shared_machine"], "",
         "| files | s with | s without | ratio | thumbnail files | bytes per item | bytes per file |",
         "|---|---|---|---|---|---|---|",

@@ -18,7 +18,12 @@ from fastslow_cli.index.folder import SearchIndex, build_index
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.media.decode import encode_thumbnail
 from fastslow_cli.models.layers import Attention
-from fastslow_cli.search.heatmap import native_heatmap, normalise, overlay_png, word_rows
+from fastslow_cli.search.heatmap import (
+    native_heatmap,
+    normalise,
+    overlay_png,
+    word_rows,
+)
 from fastslow_cli.search.searcher import Searcher
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
