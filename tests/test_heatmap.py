@@ -44,14 +44,13 @@ def test_attention_weights_path_gives_the_same_output() -> None:
     assert float(probs[1, :, :, 5:].abs().max().detach()) == 0.0  # masked keys get no attention
 
 
-def test_word_rows_take_the_predicting_positions() -> None:
-    # [BOS] w1 w2 w3 [EOS]: 5 rows, memory of 2; row r attends to slot (r % 2).
+def test_word_rows_average_the_rows_reading_each_word() -> None:
+    # [BOS] w1 w2 w3 [EOS]: 5 rows over a memory of 2, two directions, one layer and head.
     att = np.zeros((2, 1, 1, 5, 2), dtype=np.float32)
-    att[0, 0, 0, [0, 1, 2, 3, 4], :] = [[1, 0], [0, 1], [1, 0], [0, 1], [1, 0]]
-    att[1] = att[0]
-    rows = word_rows(att, 5)
-    # w1: l2r row 0 [1,0], r2l row 2 [1,0]; w2: rows 1 and 3 [0,1]; w3 (last): rows 2 and 0.
-    assert rows.tolist() == [[1, 0], [0, 1], [1, 0]]
+    att[0, 0, 0] = [[1, 0], [1, 0], [0, 1], [1, 0], [0, 1]]
+    att[1, 0, 0] = [[0, 1], [0, 1], [0, 1], [1, 0], [0, 1]]
+    rows = word_rows(att, 5)  # [BOS] and [EOS] rows are not words
+    assert rows.tolist() == [[0.5, 0.5], [0, 1], [1, 0]]
 
 
 def test_normalise_is_per_map_and_flat_maps_are_zero() -> None:
@@ -121,8 +120,8 @@ def trained_slow():
     red circle"; about 10-15 s on one shared core here). Measured: with two-object scenes
     ("a red circle left of a blue square") a model this small and short-trained does not
     bind a colour to the right one of the two objects (peak nearer the right object in
-    32/60 cases, chance 30/60, for every choice of attention rows tried), so the test
-    asks what it does learn in seconds: where the object is."""
+    30/60 cases, chance 30/60; the demo's Slow model, trained 15 minutes: 41/60), so the
+    test asks what it does learn in seconds: where the object is."""
     from fastslow_cli.demo.synth import caption, render_image, sample_scene
     from fastslow_cli.features.backbones import load_backbone
     from fastslow_cli.models.slow import SlowConfig, SlowModel
@@ -185,9 +184,10 @@ def test_colour_and_shape_words_peak_on_the_object_and_follow_it(trained_slow) -
             moved += _peak_on(hm_moved, word, mirrored)
             total += 1
         chance.append(min(1.0, 2 * (thing.radius + 0.5 / GRID)) ** 2)
-    # Measured: 69/80 and 61/80; a peak at a random cell lands in the box about 14% of the time.
+    # Measured: 79/80 and 78/80 (69/80 and 61/80 with the rows that predict each word
+    # instead); a peak at a random cell lands in the box about 14% of the time.
     print(f"peak on the object: {here}/{total}, after moving it {moved}/{total}, chance {np.mean(chance):.2f}")
-    assert here / total >= 0.6 and moved / total >= 0.6
+    assert here / total >= 0.8 and moved / total >= 0.8
 
 
 def test_searcher_thumbnails_read_the_index_feature_set(searcher: Searcher) -> None:

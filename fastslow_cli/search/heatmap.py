@@ -2,11 +2,9 @@
 
 Native Slow model: the decoders' cross-attention probabilities over the memory (the fine
 grid of every frame, frame-major: rows f*H*W .. (f+1)*H*W-1 are frame f), taken at the
-positions that *predict* each word (the left-to-right decoder predicts word i from the
-position before it, the right-to-left one from the position after it), averaged over both
-decoders, all heads and all layers. That is where the model looks to decide the word,
-the thing a user asks about ("where is the red?"); the choice was measured on the synthetic
-test (docs/ARCHITECTURE.md, decisions log).
+position that *reads* each word (its own position, in either decoder), averaged over both
+decoders, all heads and all layers. Measured on the demo's trained Slow model, these rows
+localise better than the rows that predict the word (docs/ARCHITECTURE.md, decisions log).
 
 `HeatMap.maps` is normalised to [0, 1] per (frame, token) for display; `query_map` is the
 mean of the tokens' raw (unnormalised) maps, normalised the same way, so a word the model
@@ -55,19 +53,13 @@ def normalise(maps: np.ndarray) -> np.ndarray:
 
 def word_rows(attention: np.ndarray, length: int) -> np.ndarray:
     """Per word (tokens 1 .. length-2 of `[BOS] words [EOS]`), the attention (M,) of the
-    positions that predict it, averaged over directions, layers and heads.
+    positions that read it, averaged over directions, layers and heads.
 
     `attention` is `SlowModel.cross_attention` for one caption: (2, layers, heads, L, M),
-    both directions' rows in caption order (row i reads token i). Left to right, word i
-    is predicted by row i-1; right to left, by the row that reads word i+1, which for the
-    last word is `[BOS]` (row 0: the right-to-left decoder starts there).
+    both directions' rows in caption order (row i reads token i in either direction).
     """
-    n_words = length - 2
-    words = np.arange(1, n_words + 1)
-    l2r = attention[0][:, :, words - 1]
-    r2l_rows = np.where(words == n_words, 0, words + 1)
-    r2l = attention[1][:, :, r2l_rows]
-    return ((l2r + r2l) / 2).mean(axis=(0, 1))  # (words, M)
+    words = np.arange(1, length - 1)
+    return attention[:, :, :, words].mean(axis=(0, 1, 2))  # (words, M)
 
 
 def native_heatmap(slow: Any, query: str, memory: np.ndarray, grid: tuple[int, int], timestamps: list[float]) -> HeatMap:
