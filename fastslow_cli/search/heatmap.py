@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-OVERLAY_ALPHA = 0.5  # heat map opacity over the thumbnail
+OVERLAY_ALPHA = 0.65  # heat map opacity where the map is 1 (0 where it is 0)
 COLORMAP = "inferno"
 
 
@@ -90,7 +90,8 @@ def native_heatmap(slow: Any, query: str, memory: np.ndarray, grid: tuple[int, i
 
 def overlay_png(thumbnail: bytes, grid: np.ndarray) -> bytes:
     """A PNG of `thumbnail` (JPEG/WebP/PNG bytes) with `grid` (H, W), values in [0, 1],
-    upsampled smoothly to its size and drawn over it with a matplotlib colormap."""
+    upsampled smoothly to its size and drawn over it with a matplotlib colormap, each pixel
+    as opaque as its value: where the model did not look, the picture stays as it is."""
     from matplotlib import colormaps
     from PIL import Image
 
@@ -99,8 +100,9 @@ def overlay_png(thumbnail: bytes, grid: np.ndarray) -> bytes:
     values = np.clip(np.nan_to_num(np.asarray(grid, dtype=np.float32)), 0.0, 1.0)
     small = Image.fromarray((values * 255).astype(np.uint8), "L")
     big = np.asarray(small.resize(base.size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    colours = (colormaps[COLORMAP](big)[..., :3] * 255).astype(np.uint8)
-    blended = Image.blend(base, Image.fromarray(colours, "RGB"), OVERLAY_ALPHA)
+    colours = colormaps[COLORMAP](big)[..., :3] * 255
+    alpha = OVERLAY_ALPHA * big[..., None]
+    blended = np.asarray(base, dtype=np.float32) * (1 - alpha) + colours * alpha
     out = io.BytesIO()
-    blended.save(out, format="PNG")
+    Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "RGB").save(out, format="PNG")
     return out.getvalue()
