@@ -24,6 +24,7 @@ from __future__ import annotations
 import common  # noqa: I001 - first: sets the BLAS threads before numpy loads
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -42,6 +43,7 @@ from fastslow_cli.media.decode import (
     AV_SEEK_MIN_FRAMES,
     Decoded,
     _av_declared_frames,
+    _av_grab,
     _av_pass,
     decode_video_av,
     decode_video_decord,
@@ -51,8 +53,9 @@ from fastslow_cli.media.decode import (
 
 def decode_every_frame(path: Path, size: int, frames: int) -> Decoded:
     """PyAV without seeking: one pass decoding every frame, keeping the sampled ones."""
-    picked, _ = _av_pass(path, size, sample_indices(_av_declared_frames(path), frames))
-    return Decoded(frames=np.stack([f for _, f in picked]), timestamps=[t for t, _ in picked], decoder="av", requested=frames, kind="video")
+    grab = functools.partial(_av_grab, size=size, thumbnail=0)
+    picked, _ = _av_pass(path, grab, sample_indices(_av_declared_frames(path), frames))
+    return Decoded(frames=np.stack([f for _, f, _ in picked]), timestamps=[t for t, _, _ in picked], decoder="av", requested=frames, kind="video")
 
 
 DecodeFn = Callable[[Path, int, int], Decoded]

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fastslow_cli.features.extract import ExtractOptions, run_extract
@@ -123,3 +124,38 @@ def test_fill_thumbnails_as_index_update_runs_it_and_failures_are_not_retried(tm
     with store.lock():
         assert fill_thumbnails(store, workers=1, progress=events.append) == 0  # the failure is remembered
     assert events == []
+
+
+def _wide_clip(path: Path, width: int = 320, height: int = 180, frames: int = 12) -> Path:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            img = np.zeros((height, width, 3), np.uint8)
+            img[:, : width // 2] = (230, 20, 20)  # left half red, right half black
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["decord", "av"])
+def test_video_thumbnails_keep_the_aspect_at_thumbnail_size(tmp_path: Path, decoder: str) -> None:
+    """A 16:9 clip's thumbnails are 256 x 144 pictures of it, whatever the (square, small)
+    size the backbone's frames are decoded at."""
+    from fastslow_cli.media.decode import decode_video_av, decode_video_decord
+
+    clip = _wide_clip(tmp_path / "wide.mp4")
+    fn = decode_video_decord if decoder == "decord" else decode_video_av
+    plain, thumbed = fn(clip, 64, 4), fn(clip, 64, 4, THUMB_SIZE)
+    assert plain.thumbnails is None and thumbed.frames.shape == (4, 64, 64, 3)
+    assert len(thumbed.thumbnails) == 4
+    for jpeg in thumbed.thumbnails:
+        img = _image(jpeg)
+        assert img.size == (THUMB_SIZE, 144)
+        left, right = np.asarray(img.convert("RGB"))[:, [10, -10]].mean(axis=0)
+        assert left[0] > 180 and right[0] < 60
+    assert np.abs(thumbed.frames.astype(int) - plain.frames.astype(int)).mean() < 4  # the same pictures for the model

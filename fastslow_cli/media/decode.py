@@ -221,18 +221,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 @_media_errors
-def decode_video_decord(path: Path, size: int, frames: int) -> Decoded:
+def decode_video_decord(path: Path, size: int, frames: int, thumbnail: int = 0) -> Decoded:
     """`frames` uniformly sampled frames, resized by decord itself while decoding.
 
     decord fails on some output widths (8, 12, 16, 24, 48, 72 ...: dmlc/decord #336), not
     (in our tests) on multiples of 32: other sizes are decoded that wide, narrowed here.
+    With `thumbnail`, decord decodes at the thumbnail's size (aspect kept, read from the
+    header) when that is larger, and the model's frames are resized from the same pixels.
     """
     try:
         import decord
     except ImportError:
         raise MediaError("decord is not installed: use --decoder av") from None
-    width = -(-size // 32) * 32
-    vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=width, height=size, num_threads=1)
+    tw, th = thumbnail_dims(*_av_dims(path), thumbnail) if thumbnail else (0, 0)
+    width, height = -(-max(size, tw) // 32) * 32, max(size, th)
+    vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     try:
         indices = sample_indices(len(vr), frames)
         if not indices:
@@ -242,7 +245,8 @@ def decode_video_decord(path: Path, size: int, frames: int) -> Decoded:
         vr.seek(0)  # releases the decoded buffers held after get_batch (dmlc/decord #197)
     finally:
         del vr
-    if width != size:
+    thumbs = [encode_thumbnail(_resize_to(frame, tw, th), thumbnail) for frame in batch] if thumbnail else None
+    if (width, height) != (size, size):
         batch = np.stack([_resize(frame, size) for frame in batch])
     return Decoded(
         frames=np.ascontiguousarray(batch, dtype=np.uint8),
@@ -250,11 +254,35 @@ def decode_video_decord(path: Path, size: int, frames: int) -> Decoded:
         decoder="decord",
         requested=frames,
         kind="video",
+        thumbnails=thumbs,
     )
 
 
+def thumbnail_dims(width: int, height: int, longest: int) -> tuple[int, int]:
+    """(width, height) scaled so the longest side is at most `longest`: aspect kept, never enlarged."""
+    scale = min(1.0, longest / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resize_to(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    if frame.shape[:2] == (height, width):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _av_dims(path: Path) -> tuple[int, int]:
+    """(width, height) of the first video stream, from the header (nothing is decoded)."""
+    import av
+
+    with av.open(os.fspath(path)) as container:
+        if not container.streams.video:
+            raise MediaError("no video stream")
+        ctx = container.streams.video[0].codec_context
+        return int(ctx.width), int(ctx.height)
+
+
 @_media_errors
-def decode_video_av(path: Path, size: int, frames: int) -> Decoded:
+def decode_video_av(path: Path, size: int, frames: int, thumbnail: int = 0) -> Decoded:
     """`frames` uniformly sampled frames with PyAV, robust to damaged packets.
 
     PyAV can drop damaged frames silently (PyAV #185) and a decode generator dies at its
@@ -262,26 +290,41 @@ def decode_video_av(path: Path, size: int, frames: int) -> Decoded:
     frames really decoded are counted. If that count differs from the one the container
     declares, sampling is redone over the real count so the frames stay uniform.
     Long clips (`AV_SEEK_MIN_FRAMES`) first try seeking to each sample, as decord does.
+    With `thumbnail`, each kept frame is also scaled (aspect kept) to a thumbnail.
     """
     declared = _av_declared_frames(path)
-    picked = _av_seek(path, size, sample_indices(declared, frames)) if declared >= AV_SEEK_MIN_FRAMES else None
+    grab = functools.partial(_av_grab, size=size, thumbnail=thumbnail)
+    picked = _av_seek(path, grab, sample_indices(declared, frames)) if declared >= AV_SEEK_MIN_FRAMES else None
     warning = None
     if picked is None:  # short clip, or one that does not seek cleanly: decode every frame
-        picked, total = _av_pass(path, size, sample_indices(declared, frames) if declared else [])
+        picked, total = _av_pass(path, grab, sample_indices(declared, frames) if declared else [])
         if total != declared:
-            picked, total = _av_pass(path, size, sample_indices(total, frames) if total else [])
+            picked, total = _av_pass(path, grab, sample_indices(total, frames) if total else [])
         if not picked:
             raise MediaError("no decodable frames")
         if declared and total < declared:
             warning = f"only {total} of the {declared} frames the file declares could be decoded"
     return Decoded(
-        frames=np.stack([f for _, f in picked]),
-        timestamps=[t for t, _ in picked],
+        frames=np.stack([f for _, f, _ in picked]),
+        timestamps=[t for t, _, _ in picked],
         decoder="av",
         requested=frames,
         kind="video",
         warning=warning,
+        thumbnails=[j for _, _, j in picked] if thumbnail else None,
     )
+
+
+_Picked = tuple[float, np.ndarray, bytes]  # (time, model frame, thumbnail JPEG or b"")
+
+
+def _av_grab(frame: Any, t: float, size: int, thumbnail: int) -> _Picked:
+    """The model frame and (with `thumbnail`) the thumbnail of one decoded PyAV frame."""
+    rgb = frame.to_ndarray(width=size, height=size, format="rgb24")
+    if not thumbnail:
+        return t, rgb, b""
+    tw, th = thumbnail_dims(frame.width, frame.height, thumbnail)
+    return t, rgb, encode_thumbnail(frame.to_ndarray(width=tw, height=th, format="rgb24"), thumbnail)
 
 
 def _av_declared_frames(path: Path) -> int:
@@ -303,7 +346,7 @@ def _av_declared_frames(path: Path) -> int:
         return count
 
 
-def _av_seek(path: Path, size: int, indices: list[int]) -> list[tuple[float, np.ndarray]] | None:
+def _av_seek(path: Path, grab: Callable[[Any, float], _Picked], indices: list[int]) -> list[_Picked] | None:
     """Seek to each sampled frame (by its time at the average rate) and decode up to it.
 
     Far cheaper than decoding a long clip end to end. None when the file does not seek
@@ -311,7 +354,7 @@ def _av_seek(path: Path, size: int, indices: list[int]) -> list[tuple[float, np.
     """
     import av
 
-    picked: list[tuple[float, np.ndarray]] = []
+    picked: list[_Picked] = []
     with av.open(os.fspath(path)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
@@ -328,7 +371,7 @@ def _av_seek(path: Path, size: int, indices: list[int]) -> list[tuple[float, np.
                 if frame is None:
                     return None
                 t = round(float((frame.pts - start) * stream.time_base), 6)
-                picked.append((t, frame.to_ndarray(width=size, height=size, format="rgb24")))
+                picked.append(grab(frame, t))
         except av.error.FFmpegError:
             return None
     return picked
@@ -349,15 +392,15 @@ def _first_frame_from(container: Any, stream: Any, min_pts: int) -> Any | None:
     return None
 
 
-def _av_pass(path: Path, size: int, wanted: list[int]) -> tuple[list[tuple[float, np.ndarray]], int]:
-    """Decode every frame once; keep (time, rgb) for the frame ordinals in `wanted`.
+def _av_pass(path: Path, grab: Callable[[Any, float], _Picked], wanted: list[int]) -> tuple[list[_Picked], int]:
+    """Decode every frame once; keep `grab(frame, time)` for the frame ordinals in `wanted`.
 
     Returns the kept frames and the number of frames actually decoded.
     """
     import av
 
     wanted_set = set(wanted)
-    picked: list[tuple[float, np.ndarray]] = []
+    picked: list[_Picked] = []
     total = 0
     with av.open(os.fspath(path)) as container:
         stream = container.streams.video[0]
@@ -372,8 +415,7 @@ def _av_pass(path: Path, size: int, wanted: list[int]) -> tuple[list[tuple[float
                     t = float((frame.pts - start) * stream.time_base)
                 else:
                     t = total / rate if rate else 0.0
-                rgb = frame.to_ndarray(width=size, height=size, format="rgb24")
-                picked.append((round(t, 6), rgb))
+                picked.append(grab(frame, round(t, 6)))
             total += 1
 
         try:
@@ -402,8 +444,8 @@ def decode(item: MediaFile, size: int, frames: int, decoder: str, thumbnail: int
     a video (with PyAV), and a "video" whose header Pillow knows is decoded as an image.
     `Decoded.kind` says which it was. `thumbnail` > 0 also gives a JPEG per frame
     (`Decoded.thumbnails`) made from the frames decoded here, never a second decode: an
-    image's from the decoded picture (longest side `thumbnail`), a video's from its sampled
-    frames as decoded for the backbone (size x size, so at most that size).
+    image's from the decoded picture, a video's from its sampled frames as decoded (longest
+    side `thumbnail`, aspect kept, never enlarged).
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
@@ -412,20 +454,14 @@ def decode(item: MediaFile, size: int, frames: int, decoder: str, thumbnail: int
             return decode_image(item.path, size, thumbnail)
         except NotAnImage as not_image:
             try:
-                return _with_thumbnails(decode_video_av(item.path, size, frames), thumbnail)
+                return decode_video_av(item.path, size, frames, thumbnail)
             except MediaError as exc:
                 raise MediaError(f"{not_image}, nor can PyAV decode it as a video ({exc})") from None
     if looks_like_image(item.path):
         return decode_image(item.path, size, thumbnail)
     if decoder == "decord":
-        return _with_thumbnails(decode_video_decord(item.path, size, frames), thumbnail)
-    return _with_thumbnails(decode_video_av(item.path, size, frames), thumbnail)
-
-
-def _with_thumbnails(decoded: Decoded, thumbnail: int) -> Decoded:
-    if thumbnail:
-        decoded.thumbnails = [encode_thumbnail(frame, thumbnail) for frame in decoded.frames]
-    return decoded
+        return decode_video_decord(item.path, size, frames, thumbnail)
+    return decode_video_av(item.path, size, frames, thumbnail)
 
 
 def decode_with_thumbnails(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
