@@ -412,6 +412,7 @@ class Workspace:
         report = update_index(
             store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)
         )
+        _index_thumbnails(store, progress)
         return IndexSummary(
             name, report.items, report.added, report.seconds, 0, slow is not None, report.updated, report.removed
         )
@@ -499,6 +500,18 @@ class Workspace:
             path = write_report(evaluation, html, {"version": __version__, "models": models})
             _emit(progress, "info", message=f"wrote the report {path}")
         return evaluation.rows
+
+
+def _index_thumbnails(store: FeatureStore, progress: Progress | None) -> None:
+    """`index update` also gives the set's items their missing thumbnails (store/thumbs.py),
+    unless an `extract` is writing the set right now (it fills them itself at its end)."""
+    from fastslow_cli.features.extract import fill_thumbnails
+
+    try:
+        with store.lock():
+            fill_thumbnails(store, progress=progress)
+    except FastslowError as exc:
+        _emit(progress, "note", message=f"thumbnails not checked: {exc}")
 
 
 def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str, Any], what: str) -> None:
