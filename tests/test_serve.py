@@ -7,15 +7,18 @@ not the quality of the results.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from PIL import Image
 from starlette.testclient import TestClient
 
 from fastslow_cli.index.folder import build_index
@@ -24,16 +27,30 @@ from fastslow_cli.models.checkpoint import save_model
 from fastslow_cli.search.retrievers import load_native
 from fastslow_cli.serve.app import create_app
 from fastslow_cli.serve.items import item_key
+from fastslow_cli.store.thumbs import ThumbnailFiles, entry_key
 from fastslow_cli.workspace import Workspace
 
 TOKEN = "s3cret-token"
 
 
+NO_THUMBS = "item010.png"  # the one item stored without thumbnails (as by an extract before they existed)
+
+
+def jpeg(colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), colour).save(out, format="JPEG")
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def ws(index_kit, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """WORKSPACE with feature set `test` (12 items: 8 images, 4 videos), models and index `default`."""
+    """WORKSPACE with feature set `test` (12 items: 8 images, 4 videos; thumbnails for all but
+    NO_THUMBS, frame f of item i coloured (10 i, 20 f, 0)), models and index `default`."""
     root = tmp_path_factory.mktemp("serve").resolve() / "ws"
     store = index_kit.make_store(root, count=12)
+    for i, entry in enumerate(sorted(store.entries().values(), key=lambda e: e.id)):
+        if entry.id != NO_THUMBS:
+            ThumbnailFiles(store.directory).put(entry_key(entry), [jpeg((10 * i, 20 * f, 0)) for f in range(entry.frames)])
     features = {"fingerprint": store.fingerprint(), "set": "test"}
     for retriever in index_kit.make_models(store):
         save_model(root / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
@@ -228,6 +245,57 @@ def test_missing_media_is_404_saying_index_update(client: TestClient, searcher) 
         path.write_bytes(original)
 
 
+# ----------------------------------------------------------------------------- thumbnails and heat maps
+
+
+def test_thumbnails_are_the_stored_frames(client: TestClient, searcher) -> None:
+    items = searcher.index.items
+    label = items["kind"].index("video")
+    key = item_key(items["id"][label])
+    reader = searcher.thumbnails
+    for frame in (None, 0, 2):
+        response = client.get(f"/api/items/{key}/thumb", params={} if frame is None else {"frame": frame})
+        assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+        assert response.content == reader.get(items["id"][label], frame or 0)
+    beyond = client.get(f"/api/items/{key}/thumb", params={"frame": items["frames"][label]})
+    assert beyond.status_code == 404 and "frame" in error_of(beyond)
+
+
+def test_an_item_without_thumbnails_is_404_saying_extract(client: TestClient) -> None:
+    response = client.get(f"/api/items/{item_key(NO_THUMBS)}/thumb")
+    assert response.status_code == 404 and "run `fastslow extract`" in error_of(response)
+
+
+def test_heatmap_png_over_the_thumbnail_and_json_grid(client: TestClient, searcher) -> None:
+    items = searcher.index.items
+    label = items["kind"].index("video")
+    key, item_id = item_key(items["id"][label]), items["id"][label]
+    grid = client.get(f"/api/items/{key}/heatmap", params={"q": "a red circle", "format": "json"})
+    assert grid.status_code == 200
+    body = grid.json()
+    expected = searcher.heatmap("a red circle", item_id)
+    assert body["tokens"] == expected.tokens and body["frames"] == items["frames"][label]
+    whole = client.get(f"/api/items/{key}/heatmap", params={"q": "a red circle", "frame": 1})
+    word = client.get(f"/api/items/{key}/heatmap", params={"q": "a red circle", "frame": 1, "token_index": 1})
+    assert whole.headers["content-type"] == word.headers["content-type"] == "image/png"
+    thumb = Image.open(io.BytesIO(searcher.thumbnails.get(item_id, 1)))
+    assert Image.open(io.BytesIO(whole.content)).size == thumb.size
+    assert whole.content != word.content  # one word's map is not the whole query's
+    for params, needle in [({"token_index": 99}, "token_index 99"), ({"frame": 99}, "frame 99"), ({"q": ""}, "no words")]:
+        response = client.get(f"/api/items/{key}/heatmap", params={"q": "a red circle", **params})
+        assert response.status_code == 400 and needle in error_of(response)
+    no_thumb = client.get(f"/api/items/{item_key(NO_THUMBS)}/heatmap", params={"q": "a dog"})
+    assert no_thumb.status_code == 404 and "format=json" in error_of(no_thumb)
+
+
+def test_heatmap_without_a_slow_model_is_400(ws: Path, searcher) -> None:
+    fast_only = TestClient(create_app(Workspace(ws).searcher(rerank=False, device="cpu")))
+    key = item_key(searcher.index.items["id"][0])
+    response = fast_only.get(f"/api/items/{key}/heatmap", params={"q": "a dog"})
+    assert response.status_code == 400 and "Slow model" in error_of(response)
+    assert "heatmap-toggle" not in fast_only.get("/", params={"q": "a dog"}).text
+
+
 # ----------------------------------------------------------------------------- token
 
 
@@ -268,6 +336,13 @@ def test_page_has_the_search_form_sliders_and_cards(client: TestClient, searcher
     expected = searcher.search("a red circle", k=5, rerank=4)
     assert [(int(r), int(f), kind) for r, f, kind in cards] == [(r.rank, r.fast_rank, r.kind) for r in expected]
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing from another host
+    assert html.count('class="heatmap-toggle"') == html.count('class="heatmap"') == 5
+    words = searcher.heatmap("a red circle", expected[0].id).tokens
+    assert re.findall(r'<option value="(\d+)">([^<]+)</option>', html)[: len(words)] == [(str(i), w) for i, w in enumerate(words)]
+    urls = re.findall(r'data-heatmap-url="([^"]+)"', html)
+    assert len(urls) == 5 and all(u.startswith("/api/items/") and "q=a+red+circle" in u for u in urls)
+    video = next(r for r in expected if r.kind == "video")
+    assert f'data-timestamp="{video.timestamp}"' in html
 
 
 def test_page_shows_a_bad_query_as_a_message(client: TestClient) -> None:
@@ -294,6 +369,13 @@ def test_search_html_is_one_self_contained_file(ws: Path, tmp_path: Path) -> Non
     assert re.findall(r'(?:src|href)="(?!data:)', html) == []  # every image, script and style inlined
     assert "currentTime" in html and "result-card" in html.split("<style>")[1]
     assert 'id="search-form"' not in html and 'id="player"' not in html  # no server: nothing to play
+    thumbs = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,([^"]+)"', html)
+    placeholders = re.findall(r'<img class="thumb" src="data:image/svg\+xml;base64,', html)  # NO_THUMBS, if found
+    assert len(thumbs) + len(placeholders) == 10 and len(thumbs) >= 9
+    heatmaps = [json.loads(unescape(h)) for h in re.findall(r'data-heatmaps="([^"]+)"', html)]
+    assert heatmaps and all(set(h) >= {"", "0"} and all(v.startswith("data:image/jpeg;base64,") for v in h.values())
+                            for h in heatmaps)
+    assert html.count('class="heatmap-toggle"') == len(heatmaps)
     assert str(out) in ran.stderr
 
 

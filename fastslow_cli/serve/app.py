@@ -14,12 +14,13 @@ page passes it on in the links it renders.
 
 from __future__ import annotations
 
+import functools
 import logging
 import mimetypes
 import secrets
 import threading
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,8 +31,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastslow_cli import __version__
 from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.search.heatmap import overlay_png
+from fastslow_cli.search.searcher import check_query
 from fastslow_cli.serve.items import KEY_PATTERN, Item, ItemTable, MediaRefused
-from fastslow_cli.serve.view import SearchView, ServerLinks, card, render, thumbnails_of
+from fastslow_cli.serve.view import SearchView, ServerLinks, card, render
 
 if TYPE_CHECKING:
     from fastslow_cli.search.searcher import Searcher
@@ -48,6 +51,8 @@ Rerank = Annotated[int, Query(ge=0, le=MAX_RERANK, description="Re-rank the Fast
 Alpha = Annotated[float | None, Query(ge=0, le=1, description="Weight of the Fast score in re-ranking.")]
 MinScore = Annotated[float | None, Query(ge=0, le=1, description="Keep results whose relevance is at least this.")]
 Key = Annotated[str, Path(pattern=KEY_PATTERN, description="An item's opaque key (from /api/search).")]
+TokenIndex = Annotated[int | None, Query(ge=0, description="One word of the query (default: the whole query).")]
+Format = Annotated[Literal["png", "json"], Query(description="png: over the thumbnail; json: the grid per word and frame.")]
 Frame = Annotated[int | None, Query(ge=0, description="Sampled frame (default: 0).")]
 Token = Annotated[str | None, Query(alias="token", description="The server's token (for URLs a browser loads).")]
 Authorization = Annotated[str | None, Header(description="Bearer TOKEN")]
@@ -178,6 +183,13 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         except FastslowError as exc:  # e.g. --min-score on an uncalibrated model: the workspace must change
             raise ApiError(409, str(exc)) from None
 
+    def heat_tokens(q: str, results: list) -> list[str] | None:
+        """The query's words as the Slow model reads them (the word chooser), None without heat maps."""
+        if not results or not hasattr(searcher.slow, "heatmap"):
+            return None
+        with lock:
+            return list(heat(check_query(q), results[0].id).tokens)
+
     def item_of(key: str) -> Item:
         item = items.get(key)
         if item is None:
@@ -205,8 +217,8 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
     def thumb(key: Key, frame: Frame = None) -> Response:
         """An item's stored thumbnail (one per image, one per sampled video frame)."""
         item = item_of(key)
-        reader = thumbnails_of(searcher)
-        data = reader.get(item.id, frame or 0) if reader is not None else None
+        reader = searcher.thumbnails
+        data = reader.get(item.id, frame or 0)
         if data is None:
             if frame and frame >= max(len(item.timestamps), 1):
                 raise ApiError(404, f"item {key} has {max(len(item.timestamps), 1)} frame(s): frame {frame} does not exist")
@@ -228,6 +240,38 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=kind)
 
+    @functools.lru_cache(maxsize=64)
+    def heat(q: str, item_id: str) -> Any:  # switching words re-reads one computed map
+        return searcher.heatmap(q, item_id)
+
+    @app.get("/api/items/{key}/heatmap", response_class=Response, responses={
+        200: {"content": {"image/png": {}, "application/json": {}}, "description": "PNG overlay, or the JSON grid"},
+        **_errors(400, 401, 404)})
+    def heatmap(key: Key, q: Q, token_index: TokenIndex = None, frame: Frame = None, format: Format = "png") -> Response:
+        """Where the Slow model looked for the query (or its word `token_index`) in this item:
+        a PNG over the frame's thumbnail, or the whole JSON grid (`format=json`)."""
+        item = item_of(key)
+        try:
+            with lock:
+                text = check_query(q)
+                maps = heat(text, item.id)
+        except UsageError as exc:
+            raise ApiError(400, str(exc)) from None
+        if format == "json":
+            return JSONResponse(maps.to_json())
+        frames, tokens = maps.maps.shape[:2]
+        frame = frame or 0
+        if frame >= frames:
+            raise ApiError(400, f"frame {frame}: item {key} has {frames} frame(s) (0 to {frames - 1})")
+        if token_index is not None and token_index >= tokens:
+            raise ApiError(400, f"token_index {token_index}: the query reads as {tokens} word(s) {maps.tokens}")
+        picture = searcher.thumbnails.get(item.id, frame)
+        if picture is None:
+            raise ApiError(404, f"no thumbnail stored for item {key} to draw the heat map on: run `fastslow extract` "
+                                f"on its folder (or `{update_hint}`); format=json gives the grid alone")
+        grid = maps.query_map[frame] if token_index is None else maps.maps[frame, token_index]
+        return Response(overlay_png(picture, grid), media_type="image/png")
+
     @app.get("/", response_class=HTMLResponse, responses={
         200: {"content": {"text/html": {}}, "description": "the page"},
         400: {"description": "a bad parameter: the page with the error, or JSON when the URL itself is invalid",
@@ -239,8 +283,10 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         view, status = SearchView(q), 200
         if q.strip():
             try:
-                view.cards = [card(r, items.by_id[r.id], links) for r in run_search(q, k, rerank, alpha, min_score)]
+                results = run_search(q, k, rerank, alpha, min_score)
+                view.cards = [card(r, items.by_id[r.id], links) for r in results]
                 view.reranked = rerank
+                view.tokens = heat_tokens(q, results)
             except ApiError as exc:
                 view.error, status = exc.message, exc.status
         fast_cal, _ = searcher.calibrations()

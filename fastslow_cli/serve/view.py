@@ -54,6 +54,9 @@ class ServerLinks:
     def media(self, item: Item) -> str:
         return self.url(f"/api/items/{item_key(item.id)}/media")
 
+    def heatmap(self, item: Item, query: str, frame: int) -> str:
+        return self.url(f"/api/items/{item_key(item.id)}/heatmap", q=query, frame=frame)
+
 
 class InlineLinks:
     """Card images as data: URIs read from the thumbnail store (the static export)."""
@@ -62,13 +65,16 @@ class InlineLinks:
         self.thumbnails = thumbnails
 
     def thumb(self, item: Item, frame: int) -> str:
-        data = self.thumbnails.get(item.id, frame) if self.thumbnails is not None else None
+        data = self.thumbnails.get(item.id, frame)
         if data is None:
             return NO_THUMB
         return f"data:{self.thumbnails.mime};base64,{base64.b64encode(data).decode()}"
 
     def media(self, item: Item) -> None:
         return None  # no server: the video cannot be played, the strip shows its frames
+
+    def heatmap(self, item: Item, query: str, frame: int) -> None:
+        return None  # inlined per word by `export_html` instead
 
 
 def card(result: Result, item: Item, links: ServerLinks | InlineLinks) -> dict[str, Any]:
@@ -85,6 +91,7 @@ def card(result: Result, item: Item, links: ServerLinks | InlineLinks) -> dict[s
         "media_url": links.media(item),
         "best_frame": best,
         "frames": frames,
+        "heatmap_url": links.heatmap(item, result.query, best),
     }
 
 
@@ -96,6 +103,7 @@ class SearchView:
     cards: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     reranked: int = 0
+    tokens: list[str] | None = None  # the query's words for the heat-map chooser; None: no heat maps
 
 
 def _asset(name: str) -> str:
@@ -124,15 +132,44 @@ def export_html(
     from fastslow_cli.atomic import atomic_write_text
 
     table = ItemTable(searcher.index.items)
-    links = InlineLinks(thumbnails_of(searcher))
+    thumbnails = searcher.thumbnails
+    links = InlineLinks(thumbnails)
     views = []
     for i, res in enumerate(results):
         query = res[0].query if res else (queries[i] if queries else "")
-        views.append(SearchView(query, [card(r, table.by_id[r.id], links) for r in res],
-                                reranked=int(params.get("rerank") or 0)))
+        view = SearchView(query, [card(r, table.by_id[r.id], links) for r in res], reranked=int(params.get("rerank") or 0))
+        if res and hasattr(searcher.slow, "heatmap"):
+            for c in view.cards:
+                maps = searcher.heatmap(c["query"], c["id"])
+                view.tokens = list(maps.tokens)
+                c["heatmaps"] = inline_heatmaps(maps, thumbnails.get(c["id"], c["best_frame"]), c["best_frame"])
+        views.append(view)
     html = render(views, params=params, items=len(table), static=True, slow=searcher.slow is not None,
                   calibrated=any(r.relevance is not None for res in results for r in res))
     atomic_write_text(path, html)
+
+
+def inline_heatmaps(maps: Any, thumbnail: bytes | None, frame: int) -> dict[str, str] | None:
+    """The heat maps of one card as data: URIs, keyed as the word chooser's values ("" is the whole query).
+
+    JPEG, not the API's PNG: a page of k results carries k x (words + 1) pictures.
+    """
+    import io
+
+    from PIL import Image
+
+    from fastslow_cli.search.heatmap import overlay_png
+
+    if thumbnail is None:
+        return None
+    grids = {"": maps.query_map[frame], **{str(t): maps.maps[frame, t] for t in range(maps.maps.shape[1])}}
+    out = {}
+    for value, grid in grids.items():
+        buffer = io.BytesIO()
+        with Image.open(io.BytesIO(overlay_png(thumbnail, grid))) as img:
+            img.convert("RGB").save(buffer, format="JPEG", quality=80)
+        out[value] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return out
 
 
 def check_html_target(path: str | os.PathLike[str]) -> None:
@@ -146,9 +183,5 @@ def check_html_target(path: str | os.PathLike[str]) -> None:
         raise UsageError(f"--html {path} is a folder: name the page file, e.g. {Path(path) / 'results.html'}")
     check_writable(Path(path).parent)
 
-
-def thumbnails_of(searcher: Searcher) -> Any:
-    """The searcher's thumbnail reader; None for a core without one."""
-    return getattr(searcher, "thumbnails", None)
 
 
