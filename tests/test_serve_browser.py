@@ -1,6 +1,7 @@
 """`fastslow serve`'s page and `search --html`'s export in a real browser (Debian's chromium
 through Playwright): results load with their images, re-ranking shows the Fast ranks,
-a video result plays from its moment, the export works with the network off.
+heat maps overlay a card (whole query or one word), a video result plays from its
+moment, the export works with the network off (heat maps included).
 
 The server is the real `fastslow serve` in a subprocess over `served_workspace` (real
 synthetic images and H.264 clips, random-init models). Screenshots land in each test's
@@ -21,7 +22,6 @@ pytestmark = pytest.mark.slow
 
 QUERY = "a red circle moving left"
 VIEWPORT = {"width": 1400, "height": 2400}  # tall enough that every lazy-loaded card is on screen
-SCREENSHOT_COPY = Path("/work/scratch/serve_page.png")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,8 @@ def test_query_shows_cards_with_their_thumbnails_and_frame_strips(page: Any, ser
     assert {c["kind"] for c in shown} == {"image", "video"}
     wait_images_loaded(page, ".result-card img.thumb")
     wait_images_loaded(page, ".result-card .frames img")
+    overlays = page.query_selector_all(".result-card img.heatmap")
+    assert overlays and not any(o.is_visible() for o in overlays), "a heat-map overlay hides a thumbnail before its toggle"
     for video in page.query_selector_all(".result-card[data-kind=video]"):
         titles = video.eval_on_selector_all(".frames img", "imgs => imgs.map(i => i.title)")
         assert len(titles) > 1 and all(t.endswith("s") for t in titles), titles  # each sampled frame with its time
@@ -95,8 +97,39 @@ def test_rerank_slider_shows_fast_ranks_the_api_agrees_with(page: Any, server: s
     page.screenshot(path=tmp_path / "reranked.png", full_page=True)
 
 
+def show_heatmap(page: Any, card: str) -> str:
+    """Toggle `card`'s heat map on; the overlay's source once it loaded."""
+    page.click(f"{card} button.heatmap-toggle")
+    assert page.get_attribute(f"{card} button.heatmap-toggle", "aria-pressed") == "true"
+    wait_images_loaded(page, f"{card} img.heatmap")
+    assert page.is_visible(f"{card} img.heatmap")
+    return page.get_attribute(f"{card} img.heatmap", "src")
+
+
+def test_heatmap_toggle_overlays_the_whole_query_then_one_word(page: Any, server: str, tmp_path: Path) -> None:
+    search(page, server, QUERY)
+    with page.expect_navigation():
+        page.eval_on_selector("#rerank", "s => { s.value = 10; s.dispatchEvent(new Event('change')); }")
+    first = ".result-card[data-rank='1']"
+    assert page.is_hidden(f"{first} img.heatmap")
+    with page.expect_response(lambda r: "/heatmap" in r.url) as answer:
+        whole = show_heatmap(page, first)
+    assert answer.value.status == 200 and answer.value.headers["content-type"] == "image/png"
+    words = page.eval_on_selector_all(f"{first} select.heatmap-word option", "os => os.map(o => o.textContent)")
+    assert words[0] == "whole query" and "red" in words  # one option per query word
+    with page.expect_response(lambda r: "/heatmap" in r.url) as answer:
+        page.select_option(f"{first} select.heatmap-word", label="red")
+    assert answer.value.status == 200
+    wait_images_loaded(page, f"{first} img.heatmap")
+    assert page.get_attribute(f"{first} img.heatmap", "src") != whole
+    page.screenshot(path=tmp_path / "heatmap.png", full_page=True)
+    page.click(f"{first} button.heatmap-toggle")
+    assert page.is_hidden(f"{first} img.heatmap")
+
+
 def test_clicking_a_video_plays_it_from_its_moment(page: Any, server: str, tmp_path: Path) -> None:
     search(page, server, QUERY)
+    wait_images_loaded(page, ".result-card img.thumb")
     video = next(c for c in cards(page) if c["kind"] == "video" and float(c["timestamp"]) > 0)
     moment = float(video["timestamp"])
     page.click(f".result-card[data-key='{video['key']}'] img.thumb")
@@ -135,6 +168,8 @@ def test_saved_results_open_offline_with_inlined_images(
         wait_images_loaded(page, ".result-card img")
         sources = page.eval_on_selector_all(".result-card img", "imgs => imgs.map(i => i.src)")
         assert all(s.startswith("data:image/") for s in sources)
+        inline = show_heatmap(page, ".result-card[data-rank='1']")
+        assert inline.startswith("data:image/")
         assert refused == [], f"the export asked the network for {refused}"
         page.screenshot(path=tmp_path / "offline.png", full_page=True)
     finally:
