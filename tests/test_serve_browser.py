@@ -165,8 +165,9 @@ def test_saved_results_open_offline_with_inlined_images(
         page.goto(out.as_uri())
         shown = cards(page)
         assert len(shown) == 10 and [c["rank"] for c in shown] == list(range(1, 11))  # search's default k
-        wait_images_loaded(page, ".result-card img")
-        sources = page.eval_on_selector_all(".result-card img", "imgs => imgs.map(i => i.src)")
+        pictures = ".result-card img.thumb, .result-card .frames img"
+        wait_images_loaded(page, pictures)
+        sources = page.eval_on_selector_all(pictures, "imgs => imgs.map(i => i.src)")
         assert all(s.startswith("data:image/") for s in sources)
         inline = show_heatmap(page, ".result-card[data-rank='1']")
         assert inline.startswith("data:image/")
