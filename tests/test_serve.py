@@ -17,8 +17,17 @@ from html import unescape
 from pathlib import Path
 
 import pytest
+import schemathesis
 from conftest import run_cli
+from hypothesis import HealthCheck, Phase, given, settings
 from PIL import Image
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette.testclient import TestClient
 
 from fastslow_cli.index.folder import build_index
@@ -402,3 +411,29 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/api/health", "/api/search", "/api/items/{key}/thumb", "/api/items/{key}/media", "/"} <= set(spec["paths"])
     assert json.dumps(spec).count("HTTPValidationError") == 0  # errors are documented as {"error": ...}
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_api_fuzzed_from_its_openapi_spec(searcher, mode: GenerationMode) -> None:
+    """Generated requests (valid, then invalid) to every route of the spec, 25 per route and
+    derandomised (item routes: with random keys, and with a real one): never a 5xx, and every
+    answer's status, content type and body are the spec's."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(searcher))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/api/search", "/api/items/{key}/media", "/api/items/{key}/heatmap"}
+    items = searcher.index.items
+    video = item_key(items["id"][items["kind"].index("video")])
+    runs = [(op, {}) for op in operations] + [(op, {"key": video}) for op in operations if "{key}" in op.path]
+    for operation, fixed in runs:  # item routes also with a real key, or they would only meet 404s
+
+        @given(case=operation.as_strategy(generation_mode=mode, path_parameters=fixed or None))
+        @settings(max_examples=25, derandomize=True, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        def fuzz(case) -> None:
+            case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                           response_schema_conformance])
+
+        fuzz()
