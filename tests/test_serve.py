@@ -397,6 +397,57 @@ def test_search_html_to_a_bad_place_is_one_line_before_searching(ws: Path, tmp_p
         assert ran.stdout == ""  # refused before any search
 
 
+# ----------------------------------------------------------------------------- the command
+
+
+def test_serve_refuses_a_public_host_without_a_token(ws: Path) -> None:
+    ran = run_cli("serve", "--host", "0.0.0.0", env={"FASTSLOW_WORKSPACE": str(ws)})
+    assert ran.returncode == 2 and "add --token SECRET" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_serve_command_answers_on_loopback_then_stops_on_ctrl_c(ws: Path) -> None:
+    """The real command: uvicorn on a free port, `serving URL` once ready, Ctrl-C stops it cleanly."""
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastslow_cli", "serve", "-w", str(ws), "--port", "0", "--device", "cpu"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        line = proc.stderr.readline()
+        match = re.fullmatch(r"serving (http://127\.0\.0\.1:\d+/)\n", line)
+        assert match, line + proc.stderr.read() if proc.poll() is not None else line
+        with urllib.request.urlopen(match.group(1) + "api/health", timeout=30) as response:
+            assert json.load(response)["items"] == 12
+        with urllib.request.urlopen(match.group(1) + "?q=a+dog", timeout=30) as response:
+            assert b'class="result-card"' in response.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "stopped\n"
+
+
+def test_serve_on_a_public_host_warns(ws: Path, monkeypatch) -> None:
+    from fastslow_cli.cli import serving
+
+    served = []
+    monkeypatch.setattr(serving, "run_server", lambda app, host, port, say: served.append((host, port)))
+    ran = run_cli("serve", "--host", "0.0.0.0", "--token", TOKEN, "--port", "0", env={"FASTSLOW_WORKSPACE": str(ws)})
+    assert ran.returncode == 0 and served == [("0.0.0.0", 0)]
+    assert "warning: listening on 0.0.0.0, not loopback" in ran.stderr
+
+
+def test_serve_on_a_busy_port_is_one_line(ws: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        ran = run_cli("serve", "--port", str(busy.getsockname()[1]), env={"FASTSLOW_WORKSPACE": str(ws)})
+    assert ran.returncode == 1 and "cannot listen on 127.0.0.1:" in ran.stderr and "choose another --port" in ran.stderr
+
+
 # ----------------------------------------------------------------------------- imports
 
 
