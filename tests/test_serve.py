@@ -17,8 +17,17 @@ from html import unescape
 from pathlib import Path
 
 import pytest
+import schemathesis
 from conftest import run_cli
+from hypothesis import HealthCheck, Phase, given, settings
 from PIL import Image
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette.testclient import TestClient
 
 from fastslow_cli.index.folder import build_index
@@ -388,6 +397,57 @@ def test_search_html_to_a_bad_place_is_one_line_before_searching(ws: Path, tmp_p
         assert ran.stdout == ""  # refused before any search
 
 
+# ----------------------------------------------------------------------------- the command
+
+
+def test_serve_refuses_a_public_host_without_a_token(ws: Path) -> None:
+    ran = run_cli("serve", "--host", "0.0.0.0", env={"FASTSLOW_WORKSPACE": str(ws)})
+    assert ran.returncode == 2 and "add --token SECRET" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_serve_command_answers_on_loopback_then_stops_on_ctrl_c(ws: Path) -> None:
+    """The real command: uvicorn on a free port, `serving URL` once ready, Ctrl-C stops it cleanly."""
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastslow_cli", "serve", "-w", str(ws), "--port", "0", "--device", "cpu"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        line = proc.stderr.readline()
+        match = re.fullmatch(r"serving (http://127\.0\.0\.1:\d+/)\n", line)
+        assert match, line + proc.stderr.read() if proc.poll() is not None else line
+        with urllib.request.urlopen(match.group(1) + "api/health", timeout=30) as response:
+            assert json.load(response)["items"] == 12
+        with urllib.request.urlopen(match.group(1) + "?q=a+dog", timeout=30) as response:
+            assert b'class="result-card"' in response.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "stopped\n"
+
+
+def test_serve_on_a_public_host_warns(ws: Path, monkeypatch) -> None:
+    from fastslow_cli.cli import serving
+
+    served = []
+    monkeypatch.setattr(serving, "run_server", lambda app, host, port, say: served.append((host, port)))
+    ran = run_cli("serve", "--host", "0.0.0.0", "--token", TOKEN, "--port", "0", env={"FASTSLOW_WORKSPACE": str(ws)})
+    assert ran.returncode == 0 and served == [("0.0.0.0", 0)]
+    assert "warning: listening on 0.0.0.0, not loopback" in ran.stderr
+
+
+def test_serve_on_a_busy_port_is_one_line(ws: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        ran = run_cli("serve", "--port", str(busy.getsockname()[1]), env={"FASTSLOW_WORKSPACE": str(ws)})
+    assert ran.returncode == 1 and "cannot listen on 127.0.0.1:" in ran.stderr and "choose another --port" in ran.stderr
+
+
 # ----------------------------------------------------------------------------- imports
 
 
@@ -402,3 +462,29 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/api/health", "/api/search", "/api/items/{key}/thumb", "/api/items/{key}/media", "/"} <= set(spec["paths"])
     assert json.dumps(spec).count("HTTPValidationError") == 0  # errors are documented as {"error": ...}
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_api_fuzzed_from_its_openapi_spec(searcher, mode: GenerationMode) -> None:
+    """Generated requests (valid, then invalid) to every route of the spec, 25 per route and
+    derandomised (item routes: with random keys, and with a real one): never a 5xx, and every
+    answer's status, content type and body are the spec's."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(searcher))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/api/search", "/api/items/{key}/media", "/api/items/{key}/heatmap"}
+    items = searcher.index.items
+    video = item_key(items["id"][items["kind"].index("video")])
+    runs = [(op, {}) for op in operations] + [(op, {"key": video}) for op in operations if "{key}" in op.path]
+    for operation, fixed in runs:  # item routes also with a real key, or they would only meet 404s
+
+        @given(case=operation.as_strategy(generation_mode=mode, path_parameters=fixed or None))
+        @settings(max_examples=25, derandomize=True, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        def fuzz(case) -> None:
+            case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                           response_schema_conformance])
+
+        fuzz()

@@ -542,7 +542,6 @@ INTERRUPTED = {
     "index add": "the index was not changed (it is swapped in only when complete); run the command again",
     "search": "the results printed are complete; queries not yet answered were not searched, run them again",
     "eval": "eval writes nothing (an --html report only when complete); run the command again",
-    "serve": "the server stopped; nothing was written",
     "calibrate": "the model's config.json was not changed; run the command again",
     "demo": "the generated data and extracted features are kept and reused; run it again to redo the rest",
 }

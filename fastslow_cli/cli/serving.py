@@ -47,7 +47,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_server(app: Any, host: str, port: int, say: Callable[[str], None]) -> None:
-    """Serve `app` with uvicorn until Ctrl-C; `serving http://HOST:PORT/` is said once it accepts requests."""
+    """Serve `app` with uvicorn until Ctrl-C (or SIGTERM), then exit 0; `serving http://HOST:PORT/` is
+    said once it accepts requests."""
     import uvicorn
 
     sock = bind(host, port)
@@ -65,5 +66,8 @@ def run_server(app: Any, host: str, port: int, say: Callable[[str], None]) -> No
 
     try:
         asyncio.run(serve())
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on: for a server, that is the way to stop
+        pass
     finally:
         sock.close()
+    say("stopped")

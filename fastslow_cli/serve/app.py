@@ -43,6 +43,7 @@ log = logging.getLogger("fastslow.serve")
 
 MAX_K = 1000  # results per query; the HNSW depth is capped at the index size anyway
 MAX_RERANK = 1000
+MAX_FRAMES = 256  # `extract --frames` samples at most this many per video
 
 
 Q = Annotated[str, Query(description="What to look for, in words.", max_length=1000)]
@@ -53,7 +54,7 @@ MinScore = Annotated[float | None, Query(ge=0, le=1, description="Keep results w
 Key = Annotated[str, Path(pattern=KEY_PATTERN, description="An item's opaque key (from /api/search).")]
 TokenIndex = Annotated[int | None, Query(ge=0, description="One word of the query (default: the whole query).")]
 Format = Annotated[Literal["png", "json"], Query(description="png: over the thumbnail; json: the grid per word and frame.")]
-Frame = Annotated[int | None, Query(ge=0, description="Sampled frame (default: 0).")]
+Frame = Annotated[int | None, Query(ge=0, le=MAX_FRAMES - 1, description="Sampled frame (default: 0).")]
 Token = Annotated[str | None, Query(alias="token", description="The server's token (for URLs a browser loads).")]
 Authorization = Annotated[str | None, Header(description="Bearer TOKEN")]
 
