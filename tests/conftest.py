@@ -27,7 +27,6 @@ from PIL import Image
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, FeatureTable
 
 
-
 @dataclass
 class Ran:
     """What a CLI run gave: the fields of `subprocess.CompletedProcess` the tests read."""
@@ -458,6 +457,8 @@ def serving(ws: Path, log: Path, *args: str, timeout: float = 120.0) -> Iterator
 def browser() -> Iterator[Any]:
     """Debian's chromium driven by Playwright (headless, one per test session)."""
     if not CHROMIUM.exists():
+        if os.environ.get("FASTSLOW_REQUIRE_BROWSER"):  # .ci/run sets it: CI never skips these tests
+            pytest.fail(f"{CHROMIUM} is absent but FASTSLOW_REQUIRE_BROWSER is set: `apt-get install chromium`")
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (`apt-get install chromium`, as .ci/run does)")
     from playwright.sync_api import sync_playwright
 

@@ -21,10 +21,11 @@ TINY = {
 }
 
 
-def _run(script: str, out: Path) -> dict:
+def _run(script: str, out: Path, *args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
     proc = subprocess.run(
-        [sys.executable, os.fspath(ROOT / "benchmarks" / script), "--quick", "--out", os.fspath(out), *TINY[script]],
+        [sys.executable, os.fspath(ROOT / "benchmarks" / script), "--quick", "--out", os.fspath(out), *TINY.get(script, []),
+         *args],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -58,3 +59,14 @@ def test_quick_benchmarks_write_their_results(tmp_path: Path) -> None:
     assert set(decode["settings"][1]["decoders"]) == {"decord", "av", "av_every_frame"}
     assert [r["files"] for r in decode["extract"]] == ["synthetic images", "synthetic clips", "clips"]
     assert all(r["ratio_2_over_1"] > 0 and set(r["items_per_s"]) == {"1", "2"} for r in decode["extract"])
+
+
+@pytest.mark.slow
+def test_quick_serve_benchmark_loads_the_real_server(tmp_path: Path, served_workspace: Path) -> None:
+    serve = _run("bench_serve.py", tmp_path, "-w", os.fspath(served_workspace), "--rerank", "5")
+    assert serve["quick"] is True and serve["errors"] == 0 and "shared" in serve["machine"]["shared_machine"]
+    assert serve["params"]["items"] == 15
+    rows = [(r["rerank"], r["concurrency"], r["requests"]) for r in serve["rows"]]
+    assert rows == [(0, 1, 40), (0, 4, 40), (5, 1, 40), (5, 4, 40)]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] and r["qps"] > 0 and r["rss_kib_after"] > 0 for r in serve["rows"])
+    assert serve["rss_kib"]["after_start"] > 0
