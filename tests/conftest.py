@@ -6,9 +6,14 @@ Session-scoped fixtures are generated once per run; tests must not modify their 
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,7 +31,6 @@ from fastslow_cli.store.parquet import FeatureRow, FeatureStore, FeatureTable
 # tests that train or save models do not all pay it; `onnx_export` turns it back on for a module
 # (the ONNX tests and the CLI end-to-end ones), `onnx_models` exports tiny models once per session.
 os.environ[EXPORT_SWITCH] = "0"
-
 
 @dataclass
 class Ran:
@@ -367,8 +371,9 @@ class IndexKit:
         return store
 
     def make_models(self, store: FeatureStore, seed: int = 0, fast_hash: str = "fast-a",
-                    slow_hash: str = "slow-a") -> tuple[Any, Any]:
-        """Small randomly initialised Fast and Slow models (fixed seed) as `NativeFast`, `NativeSlow`."""
+                    slow_hash: str = "slow-a", captions: list[str] | None = None) -> tuple[Any, Any]:
+        """Small randomly initialised Fast and Slow models (fixed seed) as `NativeFast`, `NativeSlow`,
+        built for the store's level shapes, with a tokenizer trained on `captions` (default `self.captions`)."""
         import torch
 
         from fastslow_cli.models.fast import FastConfig, FastModel
@@ -377,8 +382,8 @@ class IndexKit:
         from fastslow_cli.text.tokenizer import TextTokenizer
 
         torch.manual_seed(seed)
-        tok = TextTokenizer.train(self.captions)
-        shapes = [list(s) for s in self.shapes]
+        tok = TextTokenizer.train(captions or self.captions)
+        shapes = [list(s) for s in store.manifest()["levels"]]
         fast = FastModel(FastConfig(level_shapes=shapes, vocab_size=tok.vocab_size, dim=16, width=32, heads=2,
                                     visual_layers=1, text_layers=1))
         slow = SlowModel(SlowConfig(level_shapes=shapes, vocab_size=tok.vocab_size, width=32, heads=2, coarse_layers=1,
@@ -427,3 +432,74 @@ def onnx_models(index_kit: IndexKit, tmp_path_factory: pytest.TempPathFactory) -
         export_query_graph(folder, retriever.model)
     Workspace(ws).build_index(device="cpu")
     return {"ws": ws, "store": store}
+
+
+# ------------------------------------------------------------------ web app in a browser
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (`.ci/run` installs it); Playwright's own download cannot work offline
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def served_workspace(tmp_path_factory: pytest.TempPathFactory, index_kit: IndexKit) -> Path:
+    """A workspace over real synthetic media (10 images, 5 H.264 clips), extracted by the CLI
+    (so thumbnails exist), with small random-init Fast and Slow models and index `default`:
+    what `fastslow serve` needs, in seconds (what is checked is the page, not the ranking)."""
+    from fastslow_cli.demo.synth import SynthConfig, generate
+    from fastslow_cli.index.folder import build_index
+    from fastslow_cli.index.hnsw import AnnParams
+    from fastslow_cli.models.checkpoint import save_model
+    from fastslow_cli.search.retrievers import load_native
+
+    root = tmp_path_factory.mktemp("served").resolve()
+    data, ws = root / "data", root / "ws"
+    captions = generate(data, SynthConfig(n_images=10, n_videos=5, seed=4))
+    out = run_cli("extract", str(data), env={"FASTSLOW_WORKSPACE": str(ws)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    store = FeatureStore(ws / "features" / "default")
+    texts = [json.loads(line)["caption"] for line in captions.read_text().splitlines()]
+    features = {"fingerprint": store.fingerprint(), "set": "default"}
+    for retriever in index_kit.make_models(store, captions=texts):
+        save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
+    fast, slow = (load_native(ws / "models" / kind, kind, "cpu") for kind in ("fast", "slow"))
+    build_index(store, ws / "index" / "default", fast, slow, AnnParams(M=8, ef_construction=32, ef_search=32))
+    return ws
+
+
+@contextmanager
+def serving(ws: Path, log: Path, *args: str, timeout: float = 120.0) -> Iterator[str]:
+    """The real `fastslow serve -w WS --port 0 ARGS` in a subprocess; yields its URL once it
+    said `serving http://...` on stderr (kept in `log`), and stops it afterwards."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path])}
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fastslow_cli", "serve", "-w", str(ws), "--port", "0", *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (said := re.search(r"serving (http://\S+/)", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, f"fastslow serve did not start:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield said.group(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (headless, one per test session)."""
+    if not CHROMIUM.exists():
+        if os.environ.get("FASTSLOW_REQUIRE_BROWSER"):  # .ci/run sets it: CI never skips these tests
+            pytest.fail(f"{CHROMIUM} is absent but FASTSLOW_REQUIRE_BROWSER is set: `apt-get install chromium`")
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (`apt-get install chromium`, as .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

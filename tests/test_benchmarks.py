@@ -23,10 +23,11 @@ TINY = {
 }
 
 
-def _run(script: str, out: Path) -> dict:
+def _run(script: str, out: Path, *args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
     proc = subprocess.run(
-        [sys.executable, os.fspath(ROOT / "benchmarks" / script), "--quick", "--out", os.fspath(out), *TINY[script]],
+        [sys.executable, os.fspath(ROOT / "benchmarks" / script), "--quick", "--out", os.fspath(out), *TINY.get(script, []),
+         *args],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -100,3 +101,14 @@ def test_quick_thumbnail_benchmark_writes_its_results(tmp_path: Path) -> None:
     assert images["thumbnails"]["files"] == 4 and videos["thumbnails"]["files"] == 2 * report["params"]["frames_per_video"]
     assert all(r["ratio_with_over_without"] > 0 and r["thumbnails"]["bytes_per_item"] > 0 for r in report["rows"])
     assert (tmp_path / "thumbs.md").read_text().startswith("# ")
+
+
+@pytest.mark.slow
+def test_quick_serve_benchmark_loads_the_real_server(tmp_path: Path, served_workspace: Path) -> None:
+    serve = _run("bench_serve.py", tmp_path, "-w", os.fspath(served_workspace), "--rerank", "5")
+    assert serve["quick"] is True and serve["errors"] == 0 and "shared" in serve["machine"]["shared_machine"]
+    assert serve["params"]["items"] == 15
+    rows = [(r["rerank"], r["concurrency"], r["requests"]) for r in serve["rows"]]
+    assert rows == [(0, 1, 40), (0, 4, 40), (5, 1, 40), (5, 4, 40)]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] and r["qps"] > 0 and r["rss_kib_after"] > 0 for r in serve["rows"])
+    assert serve["rss_kib"]["after_start"] > 0

@@ -130,7 +130,8 @@ def test_search_json_single_and_batch_identical(trained: dict[str, Path]) -> Non
     assert "".join(single) == batch
     rows = [json.loads(line) for line in batch.splitlines()]
     assert len(rows) == 10
-    keys = {"query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing", "relevance"}
+    keys = {"query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing", "relevance",
+            "fast_rank"}
     assert all(set(r) == keys for r in rows)
     assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
     assert all((r["timestamp"] is None) == (r["kind"] == "image") for r in rows)

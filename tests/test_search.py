@@ -222,8 +222,19 @@ def test_result_json_fields(setup: tuple[Searcher, NativeFast, NativeSlow]) -> N
     searcher, _, _ = setup
     row = searcher.search("a dog", k=1, rerank=2)[0].to_json()
     assert list(row) == ["query", "rank", "id", "path", "kind", "score", "fast_score", "slow_score", "timestamp", "missing",
-                         "relevance"]
+                         "relevance", "fast_rank"]
     assert row["rank"] == 1 and isinstance(row["slow_score"], float) and row["relevance"] is None  # uncalibrated models
+
+
+def test_fast_rank_is_the_rank_before_re_ranking(setup: tuple[Searcher, NativeFast, NativeSlow]) -> None:
+    searcher, _, _ = setup
+    fast_order = [r.id for r in searcher.search("a red circle", k=8)]
+    assert [r.fast_rank for r in searcher.search("a red circle", k=8)] == list(range(1, 9))
+    reranked = searcher.search("a red circle", k=8, rerank=6)
+    assert [fast_order.index(r.id) + 1 for r in reranked] == [r.fast_rank for r in reranked]
+    assert sorted(r.fast_rank for r in reranked[:6]) == list(range(1, 7))  # the head is the Fast top 6, reordered
+    assert [r.fast_rank for r in reranked[6:]] == [7, 8]
+    assert [r.rank for r in reranked] != [r.fast_rank for r in reranked]  # re-ranking moved something
 
 
 @pytest.mark.parametrize("query", ["zzz qqq", "狗", "zebra 🦓 !", "Xylophone"])

@@ -431,6 +431,11 @@ def search(
         ),
     ] = Engine.auto,
     json_out: JsonOpt = False,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", metavar="FILE", help="Also write the results as one self-contained page (thumbnails "
+                     "inlined; opens offline).", show_default=False),
+    ] = None,
 ) -> None:
     """Search the index with natural-language queries."""
     from fastslow_cli.cli.queries import read_queries
@@ -439,6 +444,10 @@ def search(
 
     if not queries:
         raise UsageError("no query given: `fastslow search \"a red car\"`, or `-` to read queries from stdin")
+    if html is not None:
+        from fastslow_cli.serve.view import check_html_target
+
+        check_html_target(html)
     searcher = _workspace(workspace, models=False).searcher(
         index, rerank=rerank > 0, device=device, engine=engine.value, progress=_note
     )
@@ -449,6 +458,7 @@ def search(
     if min_score is not None:
         searcher.check_min_score(min_score, rerank)  # once, before any query
     skipped = 0
+    searched: list[tuple[str, list[Any]]] = []
     missing: set[str] = set()
     for query in read_queries(queries):
         try:
@@ -465,6 +475,7 @@ def search(
             _say(f"skipped stdin line {query.line}: {exc}")
             continue
         missing.update(r.id for r in results if r.missing)
+        searched.append((query.text, results))
         if json_out:
             for r in results:
                 _emit_json(r.to_json())
@@ -478,8 +489,37 @@ def search(
             f"warning: {len(missing)} result(s) point at files that no longer exist: run `fastslow extract PATH` "
             f"where they moved to, then `fastslow index update{'' if name == 'default' else ' --index ' + name}`"
         )
+    if html is not None:
+        from fastslow_cli.serve.view import export_html
+
+        params = {"k": k, "rerank": rerank, "alpha": alpha, "min_score": min_score}
+        export_html(searcher, [r for _, r in searched], html, params=params, queries=[q for q, _ in searched])
+        _say(f"wrote {html} ({len(searched)} quer{'y' if len(searched) == 1 else 'ies'}; self-contained, opens offline)")
     if skipped:
         raise FastslowError(f"{skipped} quer{'y' if skipped == 1 else 'ies'} from stdin could not be searched (see above)")
+
+
+@app.command()
+def serve(
+    workspace: WorkspaceOpt = None,
+    index: UseIndexOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one, printed).")] = 8765,
+    token: Annotated[
+        Optional[str],
+        typer.Option(envvar="FASTSLOW_TOKEN", help="Require this token on every call (Authorization: Bearer, or ?token=).",
+                     show_default=False),
+    ] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """A local web page and JSON API over an index (models loaded once); stop with Ctrl-C."""
+    from fastslow_cli.cli.serving import check_exposure, run_server
+
+    check_exposure(host, token, _say)
+    searcher = _workspace(workspace).searcher(index, device=device)
+    from fastslow_cli.serve.app import create_app
+
+    run_server(create_app(searcher, token=token), host, port, _say)
 
 
 @app.command("eval")

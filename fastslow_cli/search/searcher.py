@@ -74,6 +74,7 @@ class Result:
     timestamp: float | None
     missing: bool = False  # the media file is gone since the index was built (`fastslow index update` drops it)
     relevance: float | None = None  # calibrated P(match) in [0, 1]; None without a calibration (see the module docstring)
+    fast_rank: int | None = None  # its rank in the Fast order, before re-ranking (equal to `rank` when not re-ranked)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -279,6 +280,7 @@ class Searcher:
                     timestamp=self.index.best_timestamp(label, qvec) if kind == "video" else None,
                     missing=not os.path.exists(items["path"][label]),
                     relevance=None if calibration is None else float(calibration(raw)),
+                    fast_rank=int(order[rank]) + 1,
                 )
             )
         return out
