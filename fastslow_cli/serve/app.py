@@ -92,6 +92,7 @@ class ResultOut(BaseModel):
     missing: bool
     relevance: float | None
     fast_rank: int | None
+    name: str
     key: str
     thumb_url: str
     media_url: str | None

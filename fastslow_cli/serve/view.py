@@ -86,6 +86,7 @@ def card(result: Result, item: Item, links: ServerLinks | InlineLinks) -> dict[s
     ] if item.kind == "video" else []
     return {
         **result.to_json(),
+        "name": os.path.basename(result.path),
         "key": item_key(item.id),
         "thumb_url": links.thumb(item, best),
         "media_url": links.media(item),
