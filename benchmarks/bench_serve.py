@@ -61,10 +61,12 @@ def queries(count: int, seed: int) -> list[str]:
     return list(seen)
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of process `pid` in KiB (Linux /proc)."""
+def rss_kib(pid: int) -> dict[str, int]:
+    """Resident memory of process `pid` in KiB (Linux /proc): all of it, and the anonymous part
+    (the heap: what a leak grows; file pages of the mmap-ed index come and go with the page cache)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1))
+    return {key: int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1))
+            for key, field in (("rss", "VmRSS"), ("anon", "RssAnon"))}
 
 
 @contextmanager
@@ -147,13 +149,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "warmup": args.warmup, "distinct_queries": QUERIES},
         "rows": rows,
         "rss_kib": rss,
-        "rss_growth_after_warmup_kib": rss["at_end"] - rss["after_warmup"],
+        "rss_growth_after_warmup_kib": {k: rss["at_end"][k] - rss["after_warmup"][k] for k in ("rss", "anon")},
         "errors": sum(r["errors"] for r in rows),
     }
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    p, rss = report["params"], report["rss_kib"]
+    p, rss, growth = report["params"], report["rss_kib"], report["rss_growth_after_warmup_kib"]
     lines = [
         "# fastslow serve under load",
         "",
@@ -162,17 +164,19 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"at C = {max(p['concurrency'])}."
         + (" Quick smoke run." if report["quick"] else ""),
         "",
-        "| re-rank | C | requests | errors | p50 ms | p99 ms | QPS | server RSS after (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| re-rank | C | requests | errors | p50 ms | p99 ms | QPS | server RSS after (MiB) | of which heap (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(f"| {r['rerank'] or 'off'} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
-                     f"{r['p99_ms']} | {r['qps']} | {r['rss_kib_after'] / 1024:.1f} |")
+                     f"{r['p99_ms']} | {r['qps']} | {r['rss_kib_after']['rss'] / 1024:.1f} | {r['rss_kib_after']['anon'] / 1024:.1f} |")
     lines += [
         "",
-        (f"Server RSS: {rss['after_start'] / 1024:.1f} MiB after start-up, {rss['after_warmup'] / 1024:.1f} MiB after "
-         f"warm-up, {rss['at_end'] / 1024:.1f} MiB at the end ({report['rss_growth_after_warmup_kib'] / 1024:+.1f} MiB "
-         f"after warm-up). Errors in total: {report['errors']}."),
+        "Server RSS (heap, i.e. anonymous memory, in brackets): " + ", ".join(
+            f"{rss[k]['rss'] / 1024:.1f} ({rss[k]['anon'] / 1024:.1f}) MiB {label}" for k, label in
+            (("after_start", "after start-up"), ("after_warmup", "after warm-up"), ("at_end", "at the end")))
+        + (f"; growth after warm-up {growth['rss'] / 1024:+.1f} ({growth['anon'] / 1024:+.1f}) MiB. The rest of RSS is "
+           f"pages of the mmap-ed index read so far. Errors in total: {report['errors']}."),
         "",
         "The server answers one search at a time, so more concurrent clients raise latency (queueing), not QPS.",
         "",

@@ -471,7 +471,7 @@ def served_workspace(tmp_path_factory: pytest.TempPathFactory, index_kit: IndexK
 def serving(ws: Path, log: Path, *args: str, timeout: float = 120.0) -> Iterator[str]:
     """The real `fastslow serve -w WS --port 0 ARGS` in a subprocess; yields its URL once it
     said `serving http://...` on stderr (kept in `log`), and stops it afterwards."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "fastslow_cli", "serve", "-w", str(ws), "--port", "0", *args],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
