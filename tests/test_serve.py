@@ -396,6 +396,13 @@ def test_search_html_is_one_self_contained_file(ws: Path, tmp_path: Path) -> Non
                             for h in heatmaps)
     assert html.count('class="heatmap-toggle"') == len(heatmaps)
     assert str(out) in ran.stderr
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # for sharing: not the temporary file's 0600
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_search_html_to_a_bad_place_is_one_line_before_searching(ws: Path, tmp_path: Path) -> None:
