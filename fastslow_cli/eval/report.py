@@ -95,7 +95,7 @@ def calibration_summary(relevance: dict[str, tuple[np.ndarray, np.ndarray]], bin
         rate = float(np.mean(y))
         rows = reliability(p, y, bins)
         out.append({
-            "population": name, "pairs": int(len(p)), "matches": int(np.sum(y)), "brier": brier(p, y),
+            "population": name, "pairs": len(p), "matches": int(np.sum(y)), "brier": brier(p, y),
             "brier_base_rate": brier(np.full(len(p), rate), y), "ece": expected_calibration_error(rows), "bins": rows,
         })
     return out

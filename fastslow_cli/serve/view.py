@@ -128,8 +128,9 @@ def export_html(
     searcher: Searcher, results: Sequence[Sequence[Result]], path: str | os.PathLike[str], *, params: dict[str, Any],
     queries: Sequence[str] | None = None,
 ) -> None:
-    """Write `search --html FILE`: every query's results in one self-contained page (atomic write)."""
-    from fastslow_cli.atomic import atomic_write_text
+    """Write `search --html FILE`: every query's results in one self-contained page (atomic write,
+    mode as for any new file: it is for sharing)."""
+    from fastslow_cli.atomic import atomic_write_shared_text
 
     table = ItemTable(searcher.index.items)
     thumbnails = searcher.thumbnails
@@ -144,7 +145,7 @@ def export_html(
                 view.tokens = list(maps.tokens)
                 c["heatmaps"] = inline_heatmaps(maps, thumbnails.get(c["id"], c["best_frame"]), c["best_frame"])
         views.append(view)
-    atomic_write_text(path, render(views, params=params, items=len(table), static=True))
+    atomic_write_shared_text(path, render(views, params=params, items=len(table), static=True))
 
 
 def inline_heatmaps(maps: Any, thumbnail: bytes | None, frame: int) -> dict[str, str] | None:
