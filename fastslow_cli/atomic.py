@@ -64,6 +64,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_shared_text(path: str | os.PathLike[str], text: str) -> None:
+    """`atomic_write_text` for a file meant to be shared (an HTML page): it gets the mode any
+    new file gets under the umask, not the 0600 of the atomic temporary file."""
+    atomic_write_text(path, text)
+    mask = os.umask(0)
+    os.umask(mask)
+    Path(path).chmod(0o666 & ~mask)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically replace `path` with `obj` as indented JSON."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -187,14 +187,16 @@ class Workspace:
         workers: int = 2,
         timeout: float = 120.0,
         device: str = "auto",
+        thumbnails: bool = True,
         progress: Progress | None = None,
     ) -> ExtractSummary:
-        """Decode the media under `paths`, run the backbone, store the features (resumable)."""
+        """Decode the media under `paths`, run the backbone, store the features (resumable)
+        and, with `thumbnails`, a small JPEG per image and sampled frame (store/thumbs.py)."""
         from fastslow_cli.features.extract import ExtractOptions, run_extract
 
         options = ExtractOptions(
             set_name=set, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
-            decoder=decoder, workers=workers, timeout=timeout, device=device,
+            decoder=decoder, workers=workers, timeout=timeout, device=device, thumbnails=thumbnails,
         )
         return run_extract([os.fspath(p) for p in paths], self, options, progress=progress)
 

@@ -71,3 +71,20 @@ def test_quick_serve_benchmark_loads_the_real_server(tmp_path: Path, served_work
     assert all(0 < r["p50_ms"] <= r["p99_ms"] and r["qps"] > 0 and 0 < r["rss_kib_after"]["anon"] < r["rss_kib_after"]["rss"]
                for r in serve["rows"])
     assert set(serve["rss_kib"]) == {"after_start", "after_warmup", "at_end"}
+
+
+@pytest.mark.slow
+def test_quick_thumbnail_benchmark_writes_its_results(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, os.fspath(ROOT / "benchmarks" / "bench_thumbs.py"), "--quick", "--out", os.fspath(tmp_path),
+         "--images", "4", "--videos", "2"],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "thumbs.json").read_text())
+    assert [r["files"] for r in report["rows"]] == ["synthetic images", "synthetic videos"]
+    images, videos = report["rows"]
+    assert images["thumbnails"]["files"] == 4 and videos["thumbnails"]["files"] == 2 * report["params"]["frames_per_video"]
+    assert all(r["ratio_with_over_without"] > 0 and r["thumbnails"]["bytes_per_item"] > 0 for r in report["rows"])
+    assert (tmp_path / "thumbs.md").read_text().startswith("# ")

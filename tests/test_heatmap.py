@@ -18,7 +18,12 @@ from fastslow_cli.index.folder import SearchIndex, build_index
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.media.decode import encode_thumbnail
 from fastslow_cli.models.layers import Attention
-from fastslow_cli.search.heatmap import native_heatmap, normalise, overlay_png, word_rows
+from fastslow_cli.search.heatmap import (
+    native_heatmap,
+    normalise,
+    overlay_png,
+    word_rows,
+)
 from fastslow_cli.search.searcher import Searcher
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,14 +44,13 @@ def test_attention_weights_path_gives_the_same_output() -> None:
     assert float(probs[1, :, :, 5:].abs().max().detach()) == 0.0  # masked keys get no attention
 
 
-def test_word_rows_take_the_predicting_positions() -> None:
-    # [BOS] w1 w2 w3 [EOS]: 5 rows, memory of 2; row r attends to slot (r % 2).
+def test_word_rows_average_the_rows_reading_each_word() -> None:
+    # [BOS] w1 w2 w3 [EOS]: 5 rows over a memory of 2, two directions, one layer and head.
     att = np.zeros((2, 1, 1, 5, 2), dtype=np.float32)
-    att[0, 0, 0, [0, 1, 2, 3, 4], :] = [[1, 0], [0, 1], [1, 0], [0, 1], [1, 0]]
-    att[1] = att[0]
-    rows = word_rows(att, 5)
-    # w1: l2r row 0 [1,0], r2l row 2 [1,0]; w2: rows 1 and 3 [0,1]; w3 (last): rows 2 and 0.
-    assert rows.tolist() == [[1, 0], [0, 1], [1, 0]]
+    att[0, 0, 0] = [[1, 0], [1, 0], [0, 1], [1, 0], [0, 1]]
+    att[1, 0, 0] = [[0, 1], [0, 1], [0, 1], [1, 0], [0, 1]]
+    rows = word_rows(att, 5)  # [BOS] and [EOS] rows are not words
+    assert rows.tolist() == [[0.5, 0.5], [0, 1], [1, 0]]
 
 
 def test_normalise_is_per_map_and_flat_maps_are_zero() -> None:
@@ -101,8 +105,8 @@ def test_overlay_png_draws_the_map_over_the_thumbnail() -> None:
     with Image.open(io.BytesIO(overlay_png(thumb, grid))) as img:
         assert img.format == "PNG" and img.size == (64, 48)
         px = np.asarray(img.convert("RGB"), dtype=np.int32)
-    assert not np.array_equal(px[2, 62], px[46, 2])  # hot and cold corners differ
-    assert px[2, 62].sum() > px[46, 2].sum()  # inferno: hot is bright
+    assert px[46, 2].tolist() == [128, 128, 128]  # cold: the thumbnail as it was
+    assert px[2, 62].sum() > px[46, 2].sum() + 100  # hot: inferno's bright end drawn over it
 
 
 # --------------------------------------------------------------------- trained on synth
@@ -116,8 +120,8 @@ def trained_slow():
     red circle"; about 10-15 s on one shared core here). Measured: with two-object scenes
     ("a red circle left of a blue square") a model this small and short-trained does not
     bind a colour to the right one of the two objects (peak nearer the right object in
-    32/60 cases, chance 30/60, for every choice of attention rows tried), so the test
-    asks what it does learn in seconds: where the object is."""
+    30/60 cases, chance 30/60; the demo's Slow model, trained 15 minutes: 41/60), so the
+    test asks what it does learn in seconds: where the object is."""
     from fastslow_cli.demo.synth import caption, render_image, sample_scene
     from fastslow_cli.features.backbones import load_backbone
     from fastslow_cli.models.slow import SlowConfig, SlowModel
@@ -180,6 +184,18 @@ def test_colour_and_shape_words_peak_on_the_object_and_follow_it(trained_slow) -
             moved += _peak_on(hm_moved, word, mirrored)
             total += 1
         chance.append(min(1.0, 2 * (thing.radius + 0.5 / GRID)) ** 2)
-    # Measured: 69/80 and 61/80; a peak at a random cell lands in the box about 14% of the time.
+    # Measured: 79/80 and 78/80 (69/80 and 61/80 with the rows that predict each word
+    # instead); a peak at a random cell lands in the box about 14% of the time.
     print(f"peak on the object: {here}/{total}, after moving it {moved}/{total}, chance {np.mean(chance):.2f}")
-    assert here / total >= 0.6 and moved / total >= 0.6
+    assert here / total >= 0.8 and moved / total >= 0.8
+
+
+def test_searcher_thumbnails_read_the_index_feature_set(searcher: Searcher) -> None:
+    from fastslow_cli.store.thumbs import ThumbnailFiles
+
+    item = searcher.index.items["id"][0]
+    assert searcher.thumbnails.get(item) is None and searcher.thumbnails.count(item) == 0  # none stored yet
+    ThumbnailFiles(searcher.index.feature_set_dir).put(f"hash-{item}", [b"jpeg-0", b"jpeg-1"])  # its content hash
+    assert searcher.thumbnails is searcher.thumbnails  # opened once
+    assert (searcher.thumbnails.get(item), searcher.thumbnails.get(item, 1)) == (b"jpeg-0", b"jpeg-1")
+    assert searcher.thumbnails.count(item) == 2 and searcher.thumbnails.mime == "image/jpeg"

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastslow_cli.eval.report import calibration_summary, render_report, sweep_plots, thumbnail, twin_examples
+from fastslow_cli.eval.report import (
+    calibration_summary,
+    render_report,
+    sweep_plots,
+    thumbnail,
+    twin_examples,
+    write_report,
+)
 from fastslow_cli.eval.runs import Evaluation
 
 TEXTS = ["a red circle left of a blue square", "a blue square left of a red circle", "a green star", "a yellow cross"]
@@ -102,3 +109,15 @@ def test_bad_sweep_is_a_usage_error(tmp_path: Path, bad: list) -> None:
 
     with pytest.raises(UsageError, match="--sweep"):
         Workspace(tmp_path).evaluate(tmp_path / "c.jsonl", html=tmp_path / "r.html", sweep=bad)
+
+
+def test_the_written_report_is_readable_by_others_as_new_files_are(tmp_path: Path) -> None:
+    """The atomic temporary file is created 0600; a report is meant to be shared."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = write_report(evaluation(tmp_path), tmp_path / "out" / "r.html")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644 and path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -346,6 +346,24 @@ def test_page_has_the_search_form_sliders_and_cards(client: TestClient, searcher
     assert f'data-timestamp="{video.timestamp}"' in html
 
 
+def test_min_score_slider_needs_calibrated_models_and_cuts(ws: Path) -> None:
+    from fastslow_cli.eval.calibration import Calibration
+
+    searcher = Workspace(ws).searcher(device="cpu")
+    plain = TestClient(create_app(searcher)).get("/", params={"q": "a dog"}).text
+    assert re.search(r'id="min-score"[^>]* disabled title="the models have no calibration: run fastslow calibrate"', plain)
+    middle = sorted(r.fast_score for r in searcher.search("a dog", k=12))[6]  # relevance 0.5 there
+    searcher.fast.calibration = Calibration(a=50.0, b=-50.0 * middle, input="fast_score", items=12, fit_items=12,
+                                            fit_queries=12)
+    client = TestClient(create_app(searcher))
+    page = client.get("/", params={"q": "a dog", "min_score": 0.5, "k": 12}).text
+    assert re.search(r'id="min-score" name="min_score" type="range" min="0" max="1" step="0.05" value="0.5">', page)
+    kept = client.get("/api/search", params={"q": "a dog", "k": 12, "min_score": 0.5}).json()["results"]
+    every = client.get("/api/search", params={"q": "a dog", "k": 12}).json()["results"]
+    assert [r["id"] for r in kept] == [r["id"] for r in every if r["relevance"] >= 0.5]
+    assert 0 < len(kept) < len(every) and page.count('class="result-card"') == len(kept)
+
+
 def test_page_shows_a_bad_query_as_a_message(client: TestClient) -> None:
     response = client.get("/", params={"q": "?!"})
     assert response.status_code == 400 and 'class="error"' in response.text and "has no words" in response.text
@@ -378,6 +396,13 @@ def test_search_html_is_one_self_contained_file(ws: Path, tmp_path: Path) -> Non
                             for h in heatmaps)
     assert html.count('class="heatmap-toggle"') == len(heatmaps)
     assert str(out) in ran.stderr
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # for sharing: not the temporary file's 0600
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_search_html_to_a_bad_place_is_one_line_before_searching(ws: Path, tmp_path: Path) -> None:

@@ -99,6 +99,11 @@ def test_a_store_without_thumbnails_gets_them_on_the_next_extract(tmp_path: Path
     assert FeatureStore(ws / "features" / "default").parts() == parts  # features untouched
     assert len(_jpegs(ws)) == 6
     assert _extract(src, ws).thumbnailed == 0  # nothing left to do
+    wide = (src / "wide.png").resolve().as_posix()
+    thumb = next(f for f in _jpegs(ws) if f.read_bytes() == Thumbnails(ws / "features" / "default").get(wide))
+    thumb.write_bytes(b"")  # as a power cut may leave a file that was renamed but not yet written
+    assert Thumbnails(ws / "features" / "default").get(wide) is None
+    assert _extract(src, ws).thumbnailed == 1 and thumb.stat().st_size > 0
 
 
 def test_fill_thumbnails_as_index_update_runs_it_and_failures_are_not_retried(tmp_path: Path, make_clip) -> None:

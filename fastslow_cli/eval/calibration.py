@@ -68,7 +68,7 @@ def pair_labels(shape: tuple[int, int], gt: np.ndarray) -> np.ndarray:
     return labels
 
 
-def fit_platt(scores: np.ndarray, gt: np.ndarray, input: str, items: int | None = None) -> Calibration:  # noqa: A002
+def fit_platt(scores: np.ndarray, gt: np.ndarray, score_kind: str, items: int | None = None) -> Calibration:
     """Maximum-likelihood logistic fit of match / no match on every (text, item) pair of a
     score matrix; `items` (default: the matrix's columns) is the item count the intercept
     is corrected to when the matrix's items are a uniform subset of them."""
@@ -99,7 +99,7 @@ def fit_platt(scores: np.ndarray, gt: np.ndarray, input: str, items: int | None 
     total = n if items is None else int(items)
     if total > n:
         b += math.log((n - 1) / (total - 1))  # negatives subsampled uniformly: only the intercept moves
-    return Calibration(a=a, b=b, input=input, items=total, fit_items=n, fit_queries=q)
+    return Calibration(a=a, b=b, input=score_kind, items=total, fit_items=n, fit_queries=q)
 
 
 def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:

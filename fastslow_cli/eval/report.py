@@ -95,7 +95,7 @@ def calibration_summary(relevance: dict[str, tuple[np.ndarray, np.ndarray]], bin
         rate = float(np.mean(y))
         rows = reliability(p, y, bins)
         out.append({
-            "population": name, "pairs": int(len(p)), "matches": int(np.sum(y)), "brier": brier(p, y),
+            "population": name, "pairs": len(p), "matches": int(np.sum(y)), "brier": brier(p, y),
             "brier_base_rate": brier(np.full(len(p), rate), y), "ece": expected_calibration_error(rows), "bins": rows,
         })
     return out
@@ -189,9 +189,13 @@ def render_report(ev: Evaluation, meta: dict[str, Any] | None = None) -> str:
 
 
 def write_report(ev: Evaluation, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
-    """Write the report page atomically; returns its path."""
+    """Write the report page atomically, readable as any new file is (the umask), since it is
+    meant to be shared (the atomic temporary file is created 0600); returns its path."""
     from fastslow_cli.atomic import atomic_write_text
 
     target = Path(path)
     atomic_write_text(target, render_report(ev, meta))
+    mask = os.umask(0)
+    os.umask(mask)
+    target.chmod(0o666 & ~mask)
     return target

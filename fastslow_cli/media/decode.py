@@ -442,10 +442,10 @@ __all__ = [
     "NotAnImage",
     "decode",
     "decode_image",
-    "decode_with_thumbnails",
-    "encode_thumbnail",
     "decode_video_av",
     "decode_video_decord",
+    "decode_with_thumbnails",
+    "encode_thumbnail",
     "looks_like_image",
     "sample_indices",
 ]

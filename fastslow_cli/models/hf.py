@@ -345,8 +345,9 @@ class BlipSlow:
         heads and layers; each frame's CLS token is left out of the grid."""
         from fastslow_cli.search.heatmap import HeatMap, normalise
 
-        frame_tokens = 1 + int(self.model.config.vision_config.image_size // self.model.config.vision_config.patch_size) ** 2
-        g = int(round((frame_tokens - 1) ** 0.5))
+        vision = self.model.config.vision_config
+        g = int(vision.image_size) // int(vision.patch_size)  # patches per side
+        frame_tokens = 1 + g * g  # CLS + patches
         frames = memory.shape[0] // frame_tokens
         if frames * frame_tokens != memory.shape[0]:
             raise ValueError(f"memory has {memory.shape[0]} rows, not a whole number of {frame_tokens}-token frames")

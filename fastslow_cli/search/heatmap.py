@@ -2,11 +2,9 @@
 
 Native Slow model: the decoders' cross-attention probabilities over the memory (the fine
 grid of every frame, frame-major: rows f*H*W .. (f+1)*H*W-1 are frame f), taken at the
-positions that *predict* each word (the left-to-right decoder predicts word i from the
-position before it, the right-to-left one from the position after it), averaged over both
-decoders, all heads and all layers. That is where the model looks to decide the word,
-the thing a user asks about ("where is the red?"); the choice was measured on the synthetic
-test (docs/ARCHITECTURE.md, decisions log).
+position that *reads* each word (its own position, in either decoder), averaged over both
+decoders, all heads and all layers. Measured on the demo's trained Slow model, these rows
+localise better than the rows that predict the word (docs/ARCHITECTURE.md, decisions log).
 
 `HeatMap.maps` is normalised to [0, 1] per (frame, token) for display; `query_map` is the
 mean of the tokens' raw (unnormalised) maps, normalised the same way, so a word the model
@@ -21,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-OVERLAY_ALPHA = 0.5  # heat map opacity over the thumbnail
+OVERLAY_ALPHA = 0.65  # heat map opacity where the map is 1 (0 where it is 0)
 COLORMAP = "inferno"
 
 
@@ -55,19 +53,13 @@ def normalise(maps: np.ndarray) -> np.ndarray:
 
 def word_rows(attention: np.ndarray, length: int) -> np.ndarray:
     """Per word (tokens 1 .. length-2 of `[BOS] words [EOS]`), the attention (M,) of the
-    positions that predict it, averaged over directions, layers and heads.
+    positions that read it, averaged over directions, layers and heads.
 
     `attention` is `SlowModel.cross_attention` for one caption: (2, layers, heads, L, M),
-    both directions' rows in caption order (row i reads token i). Left to right, word i
-    is predicted by row i-1; right to left, by the row that reads word i+1, which for the
-    last word is `[BOS]` (row 0: the right-to-left decoder starts there).
+    both directions' rows in caption order (row i reads token i in either direction).
     """
-    n_words = length - 2
-    words = np.arange(1, n_words + 1)
-    l2r = attention[0][:, :, words - 1]
-    r2l_rows = np.where(words == n_words, 0, words + 1)
-    r2l = attention[1][:, :, r2l_rows]
-    return ((l2r + r2l) / 2).mean(axis=(0, 1))  # (words, M)
+    words = np.arange(1, length - 1)
+    return attention[:, :, :, words].mean(axis=(0, 1, 2))  # (words, M)
 
 
 def native_heatmap(slow: Any, query: str, memory: np.ndarray, grid: tuple[int, int], timestamps: list[float]) -> HeatMap:
@@ -98,7 +90,8 @@ def native_heatmap(slow: Any, query: str, memory: np.ndarray, grid: tuple[int, i
 
 def overlay_png(thumbnail: bytes, grid: np.ndarray) -> bytes:
     """A PNG of `thumbnail` (JPEG/WebP/PNG bytes) with `grid` (H, W), values in [0, 1],
-    upsampled smoothly to its size and drawn over it with a matplotlib colormap."""
+    upsampled smoothly to its size and drawn over it with a matplotlib colormap, each pixel
+    as opaque as its value: where the model did not look, the picture stays as it is."""
     from matplotlib import colormaps
     from PIL import Image
 
@@ -107,8 +100,9 @@ def overlay_png(thumbnail: bytes, grid: np.ndarray) -> bytes:
     values = np.clip(np.nan_to_num(np.asarray(grid, dtype=np.float32)), 0.0, 1.0)
     small = Image.fromarray((values * 255).astype(np.uint8), "L")
     big = np.asarray(small.resize(base.size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    colours = (colormaps[COLORMAP](big)[..., :3] * 255).astype(np.uint8)
-    blended = Image.blend(base, Image.fromarray(colours, "RGB"), OVERLAY_ALPHA)
+    colours = colormaps[COLORMAP](big)[..., :3] * 255
+    alpha = OVERLAY_ALPHA * big[..., None]
+    blended = np.asarray(base, dtype=np.float32) * (1 - alpha) + colours * alpha
     out = io.BytesIO()
-    blended.save(out, format="PNG")
+    Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "RGB").save(out, format="PNG")
     return out.getvalue()

@@ -92,6 +92,7 @@ class ResultOut(BaseModel):
     missing: bool
     relevance: float | None
     fast_rank: int | None
+    name: str
     key: str
     thumb_url: str
     media_url: str | None
@@ -286,7 +287,6 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
             try:
                 results = run_search(q, k, rerank, alpha, min_score)
                 view.cards = [card(r, items.by_id[r.id], links) for r in results]
-                view.reranked = rerank
                 view.tokens = heat_tokens(q, results)
             except ApiError as exc:
                 view.error, status = exc.message, exc.status

@@ -86,6 +86,7 @@ def card(result: Result, item: Item, links: ServerLinks | InlineLinks) -> dict[s
     ] if item.kind == "video" else []
     return {
         **result.to_json(),
+        "name": os.path.basename(result.path),
         "key": item_key(item.id),
         "thumb_url": links.thumb(item, best),
         "media_url": links.media(item),
@@ -97,12 +98,11 @@ def card(result: Result, item: Item, links: ServerLinks | InlineLinks) -> dict[s
 
 @dataclass
 class SearchView:
-    """One query's section of the page: its parameters, cards, or the error to show instead."""
+    """One query's section of the page: its cards, or the error to show instead."""
 
     query: str
     cards: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
-    reranked: int = 0
     tokens: list[str] | None = None  # the query's words for the heat-map chooser; None: no heat maps
 
 
@@ -128,8 +128,9 @@ def export_html(
     searcher: Searcher, results: Sequence[Sequence[Result]], path: str | os.PathLike[str], *, params: dict[str, Any],
     queries: Sequence[str] | None = None,
 ) -> None:
-    """Write `search --html FILE`: every query's results in one self-contained page (atomic write)."""
-    from fastslow_cli.atomic import atomic_write_text
+    """Write `search --html FILE`: every query's results in one self-contained page (atomic write,
+    mode as for any new file: it is for sharing)."""
+    from fastslow_cli.atomic import atomic_write_shared_text
 
     table = ItemTable(searcher.index.items)
     thumbnails = searcher.thumbnails
@@ -137,16 +138,14 @@ def export_html(
     views = []
     for i, res in enumerate(results):
         query = res[0].query if res else (queries[i] if queries else "")
-        view = SearchView(query, [card(r, table.by_id[r.id], links) for r in res], reranked=int(params.get("rerank") or 0))
+        view = SearchView(query, [card(r, table.by_id[r.id], links) for r in res])
         if res and hasattr(searcher.slow, "heatmap"):
             for c in view.cards:
                 maps = searcher.heatmap(c["query"], c["id"])
                 view.tokens = list(maps.tokens)
                 c["heatmaps"] = inline_heatmaps(maps, thumbnails.get(c["id"], c["best_frame"]), c["best_frame"])
         views.append(view)
-    html = render(views, params=params, items=len(table), static=True, slow=searcher.slow is not None,
-                  calibrated=any(r.relevance is not None for res in results for r in res))
-    atomic_write_text(path, html)
+    atomic_write_shared_text(path, render(views, params=params, items=len(table), static=True))
 
 
 def inline_heatmaps(maps: Any, thumbnail: bytes | None, frame: int) -> dict[str, str] | None:

@@ -51,14 +51,22 @@ class ThumbnailFiles:
         return self.directory / key[:2] / f"{key}-{frame}{SUFFIX}"
 
     def put(self, key: str, thumbnails: Sequence[bytes]) -> None:
-        """Write one item's thumbnails, frame by frame (atomic per file)."""
+        """Write one item's thumbnails, frame by frame, each renamed into place whole.
+
+        Not fsynced (`atomic.py` is, for the store): they are a cache any `extract` can
+        rebuild, and two fsyncs per small file doubled the extract time of small images.
+        A file a power cut left empty counts as missing (`has`, `get`), so it is made again.
+        """
         (self.directory / key[:2]).mkdir(parents=True, exist_ok=True)
         for frame, data in enumerate(thumbnails):
-            atomic_write_bytes(self.path(key, frame), data)
+            target = self.path(key, frame)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
 
     def has(self, key: str) -> bool:
         """Thumbnails stored, or tried and failed (not retried on every run)."""
-        return self.path(key, 0).is_file() or self._failed(key).is_file()
+        return _nonempty(self.path(key, 0)) or self._failed(key).is_file()
 
     def _failed(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}-failed"
@@ -71,7 +79,7 @@ class ThumbnailFiles:
     def count(self, key: str) -> int:
         """Frames 0, 1, ... stored for `key` (stops at the first missing one)."""
         n = 0
-        while self.path(key, n).is_file():
+        while _nonempty(self.path(key, n)):
             n += 1
         return n
 
@@ -93,6 +101,13 @@ class ThumbnailFiles:
                     f.unlink(missing_ok=True)
                     deleted += 1
         return deleted
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 class Thumbnails:
@@ -125,9 +140,10 @@ class Thumbnails:
         if key is None or frame < 0:
             return None
         try:
-            return self.files.path(key, frame).read_bytes()
+            data = self.files.path(key, frame).read_bytes()
         except FileNotFoundError:
             return None
+        return data or None
 
     def count(self, item_id: str) -> int:
         """How many frames of `item_id` have a thumbnail (0: unknown item or none stored)."""
