@@ -187,14 +187,16 @@ class Workspace:
         workers: int = 2,
         timeout: float = 120.0,
         device: str = "auto",
+        thumbnails: bool = True,
         progress: Progress | None = None,
     ) -> ExtractSummary:
-        """Decode the media under `paths`, run the backbone, store the features (resumable)."""
+        """Decode the media under `paths`, run the backbone, store the features (resumable)
+        and, with `thumbnails`, a small JPEG per image and sampled frame (store/thumbs.py)."""
         from fastslow_cli.features.extract import ExtractOptions, run_extract
 
         options = ExtractOptions(
             set_name=set, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
-            decoder=decoder, workers=workers, timeout=timeout, device=device,
+            decoder=decoder, workers=workers, timeout=timeout, device=device, thumbnails=thumbnails,
         )
         return run_extract([os.fspath(p) for p in paths], self, options, progress=progress)
 
@@ -412,6 +414,7 @@ class Workspace:
         report = update_index(
             store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)
         )
+        _index_thumbnails(store, progress)
         return IndexSummary(
             name, report.items, report.added, report.seconds, 0, slow is not None, report.updated, report.removed
         )
@@ -499,6 +502,18 @@ class Workspace:
             path = write_report(evaluation, html, {"version": __version__, "models": models})
             _emit(progress, "info", message=f"wrote the report {path}")
         return evaluation.rows
+
+
+def _index_thumbnails(store: FeatureStore, progress: Progress | None) -> None:
+    """`index update` also gives the set's items their missing thumbnails (store/thumbs.py),
+    unless an `extract` is writing the set right now (it fills them itself at its end)."""
+    from fastslow_cli.features.extract import fill_thumbnails
+
+    try:
+        with store.lock():
+            fill_thumbnails(store, progress=progress)
+    except FastslowError as exc:
+        _emit(progress, "note", message=f"thumbnails not checked: {exc}")
 
 
 def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str, Any], what: str) -> None:

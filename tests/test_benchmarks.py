@@ -58,3 +58,20 @@ def test_quick_benchmarks_write_their_results(tmp_path: Path) -> None:
     assert set(decode["settings"][1]["decoders"]) == {"decord", "av", "av_every_frame"}
     assert [r["files"] for r in decode["extract"]] == ["synthetic images", "synthetic clips", "clips"]
     assert all(r["ratio_2_over_1"] > 0 and set(r["items_per_s"]) == {"1", "2"} for r in decode["extract"])
+
+
+@pytest.mark.slow
+def test_quick_thumbnail_benchmark_writes_its_results(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, os.fspath(ROOT / "benchmarks" / "bench_thumbs.py"), "--quick", "--out", os.fspath(tmp_path),
+         "--images", "4", "--videos", "2"],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "thumbs.json").read_text())
+    assert [r["files"] for r in report["rows"]] == ["synthetic images", "synthetic videos"]
+    images, videos = report["rows"]
+    assert images["thumbnails"]["files"] == 4 and videos["thumbnails"]["files"] == 2 * report["params"]["frames_per_video"]
+    assert all(r["ratio_with_over_without"] > 0 and r["thumbnails"]["bytes_per_item"] > 0 for r in report["rows"])
+    assert (tmp_path / "thumbs.md").read_text().startswith("# ")

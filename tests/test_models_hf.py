@@ -215,3 +215,20 @@ def test_bad_model_folders_and_missing_media_give_one_line_errors(
         with pytest.raises(FastslowError) as err:
             adapter.encode_items(gone)
         assert "\n" not in str(err.value) and "moved.mp4" in str(err.value)
+
+
+def test_blip_heatmap_shapes_and_finite_values(models: dict[str, Path], table: FeatureTable) -> None:
+    """A random tiny BLIP cannot attend meaningfully: only shapes, ranges and finiteness are checked."""
+    slow = load_blip(models["blip"], "cpu")
+    memories = slow.encode_items(table)
+    for row in (0, 2):
+        hm = slow.heatmap("a red cube left of the blue ball", memories[row], table.timestamps[row])
+        frames = int(table.frames[row])
+        assert hm.tokens == ["a", "red", "cube", "left", "of", "the", "blue", "ball"]
+        assert hm.maps.shape == (frames, 8, SIZE // 8, SIZE // 8) and hm.query_map.shape == (frames, 4, 4)
+        assert np.isfinite(hm.maps).all() and hm.maps.min() >= 0.0 and hm.maps.max() <= 1.0
+        assert hm.maps.max() == 1.0  # not flat
+        assert hm.timestamps == [float(t) for t in table.timestamps[row]]
+    before = slow.score(TEXTS, memories)
+    slow.heatmap("a red cube", memories[0], [0.0])
+    np.testing.assert_array_equal(slow.score(TEXTS, memories), before)

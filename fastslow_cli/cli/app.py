@@ -133,6 +133,9 @@ def extract(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Decoding worker processes.")] = 2,
     timeout: Annotated[float, typer.Option(min=1.0, help="Seconds before a hung decoder is killed.")] = 120.0,
     device: DeviceOpt = "auto",
+    thumbnails: Annotated[
+        bool, typer.Option("--thumbnails/--no-thumbnails", help="Store a small JPEG per image and sampled frame.")
+    ] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Decode media, run the visual backbone and append features to the Parquet store.
@@ -148,7 +151,8 @@ def extract(
     with Events() as events:
         summary = ws.extract(
             paths, set_name, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
-            decoder=decoder.value, workers=workers, timeout=timeout, device=device, progress=events,
+            decoder=decoder.value, workers=workers, timeout=timeout, device=device, thumbnails=thumbnails,
+            progress=events,
         )
     if json_out:
         _emit_json(summary.to_json())

@@ -27,6 +27,8 @@ def render_extract_summary(summary: ExtractSummary) -> None:
     table.add_row("reused (renamed or touched files)", str(summary.reused))
     table.add_row("already stored, skipped", str(summary.skipped_existing))
     table.add_row("removed (gone from the scanned folders)", str(summary.removed))
+    if summary.thumbnailed:
+        table.add_row("stored earlier, thumbnails added", str(summary.thumbnailed))
     table.add_row("failed", f"[red]{len(summary.failed)}[/]" if summary.failed else "0")
     table.add_row("seconds", f"{summary.seconds:.1f}")
     err_console.print(table)

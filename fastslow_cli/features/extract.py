@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,10 @@ import numpy as np
 
 from fastslow_cli.media.pool import DecodePool, DecodeResult
 from fastslow_cli.features.backbones import Backbone, load_backbone
+from fastslow_cli.media.decode import THUMB_SIZE
 from fastslow_cli.media.discover import MediaFile, find_media
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, StoreEntry
+from fastslow_cli.store.thumbs import ThumbnailFiles, entry_key, thumb_key
 from fastslow_cli.workspace import Workspace
 
 # A kill -9 loses at most this much work. Measured: 5 s / 64 items add about one small
@@ -49,6 +51,7 @@ class ExtractOptions:
     device: str = "auto"
     flush_items: int = FLUSH_ITEMS  # rows per appended part at most
     flush_seconds: float = FLUSH_SECONDS  # and a part at least this often while rows wait
+    thumbnails: bool = True  # store a JPEG per image / sampled frame (store/thumbs.py)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class ExtractSummary:
     reused: int = 0
     skipped_existing: int = 0
     removed: int = 0  # stored items whose file is gone from a scanned root
+    thumbnailed: int = 0  # stored items of earlier runs that got their missing thumbnails
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     store_dir: str = ""
@@ -72,6 +76,7 @@ class ExtractSummary:
             "reused": self.reused,
             "skipped_existing": self.skipped_existing,
             "removed": self.removed,
+            "thumbnailed": self.thumbnailed,
             "failed": len(self.failed),
             "failures": self.failed,
             "seconds": round(self.seconds, 3),
@@ -249,8 +254,52 @@ def run_extract(
                 emit({"event": "warning", "path": str(store.parts_dir), "message": f"not compacted: {exc}"})
             raise
         summary.removed = store.compact(gone)
+        if options.thumbnails:
+            summary.thumbnailed = fill_thumbnails(
+                store, {m.id for m in items}, options.decoder, options.workers, options.timeout, emit
+            )
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def fill_thumbnails(
+    store: FeatureStore,
+    only: Collection[str] | None = None,
+    decoder: str = "auto",
+    workers: int = 2,
+    timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> int:
+    """Give the stored items without thumbnails (stored by an older fastslow, or with
+    `thumbnails=False`) theirs, then delete the thumbnails no live row names (superseded
+    or removed items). `only`: consider just these ids. Features are left alone: only
+    media are decoded, at the set's frame size and frame count. Returns the items done.
+    The caller holds the store's writer lock (an extract writes thumbnails before rows)."""
+    emit = progress or _ignore
+    manifest = store.manifest()
+    size, frames = int(manifest["backbone"].get("input_size", THUMB_SIZE)), int(manifest["frames"])
+    files = ThumbnailFiles(store.directory)
+    entries = store.entries()
+    todo = [e for e in files.missing(entries.values()) if (only is None or e.id in only) and os.path.exists(e.path)]
+    done = 0
+    if todo:
+        stage = f"thumbnails {store.directory.name}"
+        emit({"event": "start", "stage": stage, "total": len(todo)})
+        by_id = {e.id: e for e in todo}
+        media = [MediaFile(id=e.id, path=Path(e.path), kind=e.kind, size=e.size, mtime_ns=e.mtime_ns) for e in todo]
+        with DecodePool(size=size, frames=frames, decoder=decoder, workers=workers, timeout=timeout, thumbnails=True) as pool:
+            for r in pool.imap(media):
+                if r is None:
+                    continue
+                if r.decoded is None or not r.decoded.thumbnails:
+                    emit({"event": "warning", "path": str(r.item.path), "message": f"no thumbnails: {r.error}"})
+                    files.mark_failed(entry_key(by_id[r.item.id]))
+                else:
+                    files.put(entry_key(by_id[r.item.id]), r.decoded.thumbnails)
+                    done += 1
+                emit({"event": "advance", "stage": stage, "n": 1})
+    files.prune({entry_key(e) for e in entries.values()})
+    return done
 
 
 def _ignore(event: dict[str, Any]) -> None:
@@ -290,6 +339,7 @@ def _decode_and_store(
     """Decode in isolated workers, featurise in batches, append a part every few seconds."""
     pending: list[FeatureRow] = []
     last_flush = time.monotonic()
+    thumbs = ThumbnailFiles(store.directory)
 
     def flush() -> None:
         nonlocal pending, last_flush
@@ -308,6 +358,7 @@ def _decode_and_store(
             decoder=options.decoder,
             workers=options.workers,
             timeout=options.timeout,
+            thumbnails=options.thumbnails,
         ) as pool:
             results = pool.imap(work.todo, tick=options.flush_seconds)
             for group in _batches(results, options.batch_size, options.flush_seconds):
@@ -321,6 +372,8 @@ def _decode_and_store(
                     for r in group:
                         if r.decoded.warning:
                             emit({"event": "warning", "path": str(r.item.path), "message": r.decoded.warning})
+                        if r.decoded.thumbnails:  # before the features: a row never names absent thumbnails
+                            thumbs.put(thumb_key(work.hashes.get(r.item.id, ""), r.item.id), r.decoded.thumbnails)
                     pending.extend(_featurise(group, backbone, work.hashes))
                 if len(pending) >= options.flush_items or time.monotonic() - last_flush >= options.flush_seconds:
                     flush()

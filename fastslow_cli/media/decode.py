@@ -13,6 +13,7 @@ processes, one file each.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from fastslow_cli.media.discover import MediaFile
 
 DECODERS: tuple[str, ...] = ("decord", "av")
 
+THUMB_SIZE = 256  # longest side of a stored thumbnail, pixels
+THUMB_QUALITY = 85  # JPEG quality of thumbnails
 AV_SEEK_MIN_FRAMES = 300  # PyAV seeks to each sample in clips this long, else decodes all
 _REASON_MAX = 300
 # decord prefixes its messages with "[12:00:00] /github/workspace/src/...cc:83: ".
@@ -54,6 +57,7 @@ class Decoded:
     requested: int
     kind: str  # "image" or "video", from the content (the extension may lie)
     warning: str | None = None  # e.g. fewer decodable frames than the container declares
+    thumbnails: list[bytes] | None = None  # one JPEG per frame, when asked for (`decode(thumbnail=...)`)
 
 
 
@@ -162,17 +166,35 @@ def looks_like_image(path: Path) -> bool:
 
 
 @_media_errors
-def decode_image(path: Path, size: int) -> Decoded:
-    """One frame: EXIF orientation applied, transparency over white, squashed to size x size."""
+def decode_image(path: Path, size: int, thumbnail: int = 0) -> Decoded:
+    """One frame: EXIF orientation applied, transparency over white, squashed to size x size.
+
+    `thumbnail` > 0 also makes a JPEG of the same decoded picture, aspect kept, longest
+    side at most `thumbnail` (a JPEG is then drafted at that size rather than `size`).
+    """
     with _open_image(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+        draft = max(size, thumbnail)
+        img.draft("RGB", (draft, draft))  # JPEG: decode at a reduced scale, much faster
         img.load()
         try:
             oriented = ImageOps.exif_transpose(img)
         except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a good image
             oriented = img
-        frame = _resize(_to_rgb(oriented), size)
-    return Decoded(frames=frame[None].copy(), timestamps=[0.0], decoder="pillow", requested=1, kind="image")
+        rgb = _to_rgb(oriented)
+        frame = _resize(rgb, size)
+        thumbs = [encode_thumbnail(rgb, thumbnail)] if thumbnail else None
+    return Decoded(
+        frames=frame[None].copy(), timestamps=[0.0], decoder="pillow", requested=1, kind="image", thumbnails=thumbs
+    )
+
+
+def encode_thumbnail(img: Image.Image | np.ndarray, longest: int = THUMB_SIZE) -> bytes:
+    """A JPEG of `img` with its longest side at most `longest` (never enlarged), aspect kept."""
+    pil = Image.fromarray(img) if isinstance(img, np.ndarray) else img.copy()
+    pil.thumbnail((longest, longest), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    pil.convert("RGB").save(out, format="JPEG", quality=THUMB_QUALITY)
+    return out.getvalue()
 
 
 def _resize(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
@@ -373,28 +395,42 @@ def _av_pass(path: Path, size: int, wanted: list[int]) -> tuple[list[tuple[float
 # ----------------------------------------------------------------------------- dispatch
 
 
-def decode(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
+def decode(item: MediaFile, size: int, frames: int, decoder: str, thumbnail: int = 0) -> Decoded:
     """Decode one item in this process: images with Pillow, videos with `decoder`.
 
     The content decides, not the extension: an "image" Pillow cannot identify is tried as
     a video (with PyAV), and a "video" whose header Pillow knows is decoded as an image.
-    `Decoded.kind` says which it was.
+    `Decoded.kind` says which it was. `thumbnail` > 0 also gives a JPEG per frame
+    (`Decoded.thumbnails`) made from the frames decoded here, never a second decode: an
+    image's from the decoded picture (longest side `thumbnail`), a video's from its sampled
+    frames as decoded for the backbone (size x size, so at most that size).
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
     if item.kind == "image":
         try:
-            return decode_image(item.path, size)
+            return decode_image(item.path, size, thumbnail)
         except NotAnImage as not_image:
             try:
-                return decode_video_av(item.path, size, frames)
+                return _with_thumbnails(decode_video_av(item.path, size, frames), thumbnail)
             except MediaError as exc:
                 raise MediaError(f"{not_image}, nor can PyAV decode it as a video ({exc})") from None
     if looks_like_image(item.path):
-        return decode_image(item.path, size)
+        return decode_image(item.path, size, thumbnail)
     if decoder == "decord":
-        return decode_video_decord(item.path, size, frames)
-    return decode_video_av(item.path, size, frames)
+        return _with_thumbnails(decode_video_decord(item.path, size, frames), thumbnail)
+    return _with_thumbnails(decode_video_av(item.path, size, frames), thumbnail)
+
+
+def _with_thumbnails(decoded: Decoded, thumbnail: int) -> Decoded:
+    if thumbnail:
+        decoded.thumbnails = [encode_thumbnail(frame, thumbnail) for frame in decoded.frames]
+    return decoded
+
+
+def decode_with_thumbnails(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
+    """`decode` with `THUMB_SIZE` thumbnails: the pool's decode function at extract time."""
+    return decode(item, size, frames, decoder, THUMB_SIZE)
 
 
 __all__ = [
@@ -408,6 +444,8 @@ __all__ = [
     "decode_image",
     "decode_video_av",
     "decode_video_decord",
+    "decode_with_thumbnails",
+    "encode_thumbnail",
     "looks_like_image",
     "sample_indices",
 ]

@@ -28,7 +28,7 @@ from types import TracebackType
 
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.media.discover import MediaFile
-from fastslow_cli.media.decode import Decoded, MediaError, decode
+from fastslow_cli.media.decode import Decoded, MediaError, decode, decode_with_thumbnails
 
 DecodeFn = Callable[[MediaFile, int, int, str], Decoded]
 
@@ -133,7 +133,8 @@ class DecodePool:
 
     Use as a context manager; `close()` (or leaving the `with` block, also on Ctrl+C)
     kills every worker. `decoder` is "auto" (decord, then PyAV on any failure), "decord"
-    or "av". `decode_fn` replaces `media.decode` (a picklable module-level function).
+    or "av". `thumbnails` asks for `Decoded.thumbnails` (`media.decode_with_thumbnails`).
+    `decode_fn` replaces `media.decode` (a picklable module-level function).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class DecodePool:
         workers: int = 2,
         timeout: float = 60.0,
         decode_fn: DecodeFn | None = None,
+        thumbnails: bool = False,
     ) -> None:
         if decoder not in _PLANS:
             raise UsageError(f"unknown --decoder {decoder!r}: use auto, decord or av")
@@ -159,7 +161,7 @@ class DecodePool:
         self._frames = frames
         self._nworkers = workers
         self._timeout = timeout
-        self._decode_fn = decode_fn or decode
+        self._decode_fn = decode_fn or (decode_with_thumbnails if thumbnails else decode)
         self._ctx = _context()
         self._workers: list[_Worker] = []
         self._window = 4 * workers  # items admitted but not yet yielded: bounds memory

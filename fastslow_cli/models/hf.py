@@ -338,6 +338,38 @@ class BlipSlow:
                     scores[qs:qs + m, cols] = (logits[:, 1] - logits[:, 0]).reshape(m, len(cols)).cpu().numpy()
         return scores
 
+    @torch.inference_mode()
+    def heatmap(self, text: str, memory: np.ndarray, timestamps: Sequence[float]) -> Any:
+        """The ITM text encoder's cross-attention over the image patches (not Grad-CAM:
+        no backward pass, and the same forward as `score`), per word piece, averaged over
+        heads and layers; each frame's CLS token is left out of the grid."""
+        from fastslow_cli.search.heatmap import HeatMap, normalise
+
+        vision = self.model.config.vision_config
+        g = int(vision.image_size) // int(vision.patch_size)  # patches per side
+        frame_tokens = 1 + g * g  # CLS + patches
+        frames = memory.shape[0] // frame_tokens
+        if frames * frame_tokens != memory.shape[0]:
+            raise ValueError(f"memory has {memory.shape[0]} rows, not a whole number of {frame_tokens}-token frames")
+        ids, mask = self._hf.tokenize([text])
+        if self._enc_id is not None:
+            ids[:, 0] = self._enc_id
+        out = self.model.text_encoder(
+            input_ids=ids, attention_mask=mask,
+            encoder_hidden_states=torch.from_numpy(np.asarray(memory, np.float32))[None].to(self._hf.device),
+            output_attentions=True,
+        )
+        cross = getattr(out, "cross_attentions", None)
+        if not cross or any(c is None for c in cross):
+            raise FastslowError(f"{self.identity['path']}: this transformers version gives no BLIP cross-attention weights")
+        attn = torch.stack(cross).float().mean(dim=(0, 2))[0]  # (text, memory): mean over layers and heads
+        n = int(mask[0].sum())
+        rows = attn[1 : n - 1].cpu().numpy()  # the word pieces: not [ENC]/[CLS] nor [SEP]
+        raw = rows.reshape(len(rows), frames, frame_tokens)[:, :, 1:].reshape(len(rows), frames, g, g).transpose(1, 0, 2, 3)
+        tokens = self._hf.tokenizer.convert_ids_to_tokens(ids[0, 1 : n - 1].tolist())
+        return HeatMap(tokens=tokens, maps=normalise(raw), query_map=normalise(raw.mean(axis=1)),
+                       timestamps=[float(t) for t in timestamps[:frames]])
+
 
 def load_blip(path: str | Path, device: str | None = None) -> BlipSlow:
     """A Hugging Face BlipForImageTextRetrieval (local folder or hub id) as the Slow model."""

@@ -44,13 +44,18 @@ class Attention(nn.Module):
         key_mask: torch.Tensor | None = None,
         causal: bool = False,
         group: int = 1,
-    ) -> torch.Tensor:
+        weights: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Queries from `x` (B, L, width) over precomputed keys/values; `key_mask` True = real key.
 
         `group` > 1: `k`, `v`, `key_mask` have B / group rows and row i serves rows
         i*group .. (i+1)*group-1 of `x`. Those rows are folded into one long query sequence
         (exact for cross-attention, where query positions do not interact), so many texts
         attend to one item without copying its keys and values.
+
+        `weights=True` (no grouping) also returns the attention probabilities
+        (B, heads, L, keys), for heat maps: the softmax is then written out instead of
+        the fused kernel, which gives the same output up to float rounding.
         """
         b, n, w = x.shape
         q = self.q(x).view(b, n, self.heads, w // self.heads).transpose(1, 2)
@@ -65,6 +70,14 @@ class Attention(nn.Module):
                 mask = mask & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         elif causal:
             mask = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        if weights:
+            if group > 1:
+                raise ValueError("attention weights are for ungrouped attention")
+            logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            probs = logits.softmax(-1)
+            return self.out((probs @ v).transpose(1, 2).reshape(b, n, w)), probs
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -101,12 +114,29 @@ class Block(nn.Module):
         memory_mask: torch.Tensor | None = None,
         group: int = 1,
     ) -> torch.Tensor:
+        return self.forward_with_attention(x, mask, causal, memory_kv, memory_mask, group)[0]
+
+    def forward_with_attention(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        memory_mask: torch.Tensor | None = None,
+        group: int = 1,
+        weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer's output and, with `weights`, its cross-attention probabilities
+        (B, heads, L, memory) (None otherwise, or without cross-attention)."""
         x = x + self.drop(self.attn(self.norm1(x), mask, causal))
+        probs = None
         if self.cross is not None:
             if memory_kv is None:
                 raise ValueError("a cross-attention block needs memory keys and values")
-            x = x + self.drop(self.cross.attend(self.norm_x(x), *memory_kv, memory_mask, group=group))
-        return x + self.drop(self.mlp(self.norm2(x)))
+            y = self.cross.attend(self.norm_x(x), *memory_kv, memory_mask, group=group, weights=weights)
+            y, probs = y if weights else (y, None)
+            x = x + self.drop(y)
+        return x + self.drop(self.mlp(self.norm2(x))), probs
 
 
 def sincos(positions: torch.Tensor, width: int) -> torch.Tensor:

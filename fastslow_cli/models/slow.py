@@ -176,6 +176,30 @@ class SlowModel(nn.Module):
             x = blk(x, mask, causal=True, memory_kv=kv, memory_mask=memory_mask, group=group)
         return self.dec_norms[direction](x)
 
+    @torch.inference_mode()
+    def cross_attention(
+        self, token_ids: torch.Tensor, mask: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Cross-attention probabilities (2, layers, B, heads, L, M) of both decoders over the
+        memory, for heat maps. Direction 1 (right-to-left) is given back in the caption's
+        order: row i is the position that *reads* token i, in either direction (the
+        right-to-left decoder reads the words reversed). Scores are not affected: this is
+        a separate pass.
+        """
+        n = self.config.max_len
+        ids, mask = token_ids[:, :n], mask[:, :n].to(torch.bool)
+        kvs = self.memory_kv(memory)
+        out = []
+        for d, d_ids in enumerate((ids, reverse_tokens(ids, mask))):
+            x = self.emb_norm(self.tok_emb(d_ids) + self.pos_emb[d, : d_ids.shape[1]])
+            layers = []
+            for blk, kv in zip(self.decoders[d], kvs[d]):
+                x, probs = blk.forward_with_attention(x, mask, True, kv, memory_mask, weights=True)
+                layers.append(probs)
+            out.append(torch.stack(layers))
+        l2r, r2l = out
+        return torch.stack([l2r, _reverse_rows(r2l, mask)])
+
     def _token_logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log p(token t+1 | tokens <= t) at each position (B, L-1); 0 at padding."""
         logits = hidden[:, :-1] @ self.tok_emb.weight.T + self.lm_bias
@@ -255,6 +279,16 @@ class SlowModel(nn.Module):
                 s = self.pair_scores(ids[qi], mask[qi], kvs, mem_mask, group=len(qs))
                 out[qs[0] : qs[-1] + 1, k0 : k0 + kc] = s.view(kc, len(qs)).T.float()
         return out
+
+
+def _reverse_rows(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put the right-to-left decoder's rows (layers, B, heads, L, M) back in caption order:
+    the word rows 1..n are reversed, `[BOS]`, `[EOS]` and padding rows stay where they are."""
+    out = attn.clone()
+    for b, n in enumerate(mask.sum(1).tolist()):
+        words = torch.arange(1, n - 1, device=attn.device)
+        out[:, b, :, words] = attn[:, b, :, words.flip(0)]
+    return out
 
 
 def trim_memory(memory: torch.Tensor, memory_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

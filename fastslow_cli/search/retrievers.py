@@ -8,7 +8,8 @@ the same way:
   float32 vectors whose inner product is the retrieval score.
 - Slow: `encode_items(table) -> list of (L_i, width) memories` (query-independent: the
   index caches them) and `score(texts, memories) -> (Q, K)`, every text against every
-  memory, with no visual encoding.
+  memory, with no visual encoding; `heatmap(text, memory, timestamps) -> HeatMap`
+  (search/heatmap.py), where the model looks for each word.
 
 Native models also carry `calibration` (`eval.calibration.Calibration` from their
 `config.json`, or None for models saved before one was fitted): their score -> P(match).
@@ -143,6 +144,14 @@ class NativeSlow(_WordVocabulary):
                 scores = self.model.score_matrix(ids, mask, memory, memory_mask)
                 out[:, cols] = scores.float().cpu().numpy()
         return out
+
+    def heatmap(self, text: str, memory: np.ndarray, timestamps: Sequence[float]) -> Any:
+        """Where the decoders look for each word of `text` in one item's memory (`search.heatmap`)."""
+        from fastslow_cli.search.heatmap import native_heatmap
+
+        config = self.model.config
+        h, w = config.level_shapes[config.resolve_finest_level()][:2]
+        return native_heatmap(self, text, memory, (int(h), int(w)), list(timestamps))
 
 
 def is_native(path: str | Path) -> bool:

@@ -54,7 +54,9 @@ from fastslow_cli.eval.calibration import Calibration
 from fastslow_cli.index.folder import SearchIndex
 
 if TYPE_CHECKING:
+    from fastslow_cli.search.heatmap import HeatMap
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
+    from fastslow_cli.store.thumbs import Thumbnails
 
 MAX_QUERY_CHARS = 1000
 
@@ -123,6 +125,36 @@ class Searcher:
         self.index = index
         self.fast = fast
         self.slow = slow
+        self._thumbnails: Thumbnails | None = None
+        self._labels: dict[str, int] | None = None
+
+    @property
+    def thumbnails(self) -> Thumbnails:
+        """The thumbnails of the index's feature set (`store/thumbs.py`), opened once."""
+        if self._thumbnails is None:
+            from fastslow_cli.store.thumbs import Thumbnails
+
+            self._thumbnails = Thumbnails(self.index.feature_set_dir)
+        return self._thumbnails
+
+    def label(self, item_id: str) -> int:
+        """The index row of `item_id`; a UsageError naming it when the index does not hold it."""
+        if self._labels is None:
+            self._labels = {item: i for i, item in enumerate(self.index.items["id"])}
+        if item_id not in self._labels:
+            raise UsageError(f"item {item_id!r} is not in index {self.index.directory}: pass an id a search returned")
+        return self._labels[item_id]
+
+    def heatmap(self, query: str, item_id: str) -> HeatMap:
+        """Where the index's Slow model looks for each word of `query` in item `item_id`,
+        per frame (`search/heatmap.py`). Needs an index built with a Slow model."""
+        if self.slow is None:
+            raise UsageError("heat maps need a Slow model: build the index with --slow MODEL (and search with re-ranking on)")
+        if not hasattr(self.slow, "heatmap"):
+            raise UsageError(f"the Slow model {self.slow.identity.get('name')} cannot draw heat maps")
+        label = self.label(item_id)
+        memory = self.index.memories([label])[0]
+        return self.slow.heatmap(check_query(query), memory, self.index.items["timestamps"][label])
 
     @property
     def default_alpha(self) -> float:

@@ -111,6 +111,10 @@ class TextTokenizer:
                 out.append((word, token != UNK_ID))
         return out
 
+    def id_to_token(self, token_id: int) -> str:
+        """The vocabulary entry of one id (`[UNK]` for a word the model does not know)."""
+        return self._tok.id_to_token(token_id) or UNK_TOKEN
+
     def decode(self, ids: Sequence[int]) -> str:
         """Words of `ids` without the special tokens (for messages and tests)."""
         return self._tok.decode(list(ids), skip_special_tokens=True)
