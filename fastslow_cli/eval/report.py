@@ -5,8 +5,9 @@ depth K (recall@1/5/10, twin accuracy and ms/query as functions of K), how well 
 calibrated relevance matches the observed match rate, and twin pairs the models won and
 lost. Plots are matplotlib figures inlined as SVG (built on `Figure`, never pyplot: no GUI
 backend and no global figure state, so it runs headless and in a server); the page is a Jinja2
-template; pictures are JPEG thumbnails made with Pillow from the media files, inlined as
-data URIs (videos get none). Nothing on the page loads anything from elsewhere.
+template; pictures are the thumbnails `extract` stores (store/thumbs.py; a video's middle
+sampled frame), else for images a JPEG made with Pillow from the file, inlined as data
+URIs. Nothing on the page loads anything from elsewhere.
 """
 
 from __future__ import annotations
@@ -115,8 +116,21 @@ def reliability_plot(summary: Sequence[dict[str, Any]]) -> tuple[str, str] | Non
     return ("Reliability of relevance", _svg(fig, "reliability"))
 
 
+def stored_thumbnail(feature_set_dir: str | None, item_id: str) -> str | None:
+    """A data URI of the thumbnail `extract` stored for the item (a video's middle sampled
+    frame), None when the set has none for it."""
+    if feature_set_dir is None:
+        return None
+    from fastslow_cli.store.thumbs import Thumbnails
+
+    thumbs = Thumbnails(feature_set_dir)
+    data = thumbs.get(item_id, thumbs.count(item_id) // 2)
+    return None if data is None else f"data:{thumbs.mime};base64," + base64.b64encode(data).decode("ascii")
+
+
 def thumbnail(path: str, kind: str) -> str | None:
-    """A JPEG data URI of an image file (EXIF orientation applied), None for videos and unreadable files."""
+    """A JPEG data URI made from an image file (EXIF orientation applied), for items with no
+    stored thumbnail; None for videos and unreadable files."""
     if kind != "image":
         return None
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -153,15 +167,16 @@ def twin_examples(ev: Evaluation, count: int = EXAMPLES) -> tuple[str | None, li
         twin_caption = next((ev.texts[o] for o in range(len(ev.texts)) if ev.gt[o] == j and bags[o] == bags[q]), "")
         example = {
             "query": ev.texts[q], "twin_caption": twin_caption, "verdicts": verdicts,
-            "own": {"path": ev.paths[own], "name": Path(ev.paths[own]).name, "kind": ev.kinds[own]},
-            "twin": {"path": ev.paths[j], "name": Path(ev.paths[j]).name, "kind": ev.kinds[j]},
+            "own": {"id": ev.ids[own], "path": ev.paths[own], "name": Path(ev.paths[own]).name, "kind": ev.kinds[own]},
+            "twin": {"id": ev.ids[j], "path": ev.paths[j], "name": Path(ev.paths[j]).name, "kind": ev.kinds[j]},
         }
         (won if verdicts[judge] == "own" else lost).append(example)
     won.sort(key=lambda e: e["verdicts"][methods[0]] == "own")  # stable: the first method's losses first
     chosen_won, chosen_lost = won[:count], lost[:count]
     for example in chosen_won + chosen_lost:
         for side in ("own", "twin"):
-            example[side]["thumb"] = thumbnail(example[side]["path"], example[side]["kind"])
+            item = example[side]
+            item["thumb"] = stored_thumbnail(ev.feature_set_dir, item["id"]) or thumbnail(item["path"], item["kind"])
     return judge, chosen_won, chosen_lost
 
 

@@ -54,6 +54,7 @@ class Evaluation:
     kinds: list[str]
     sweep: list[dict[str, Any]] = field(default_factory=list)
     relevance: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # population -> (P, label)
+    feature_set_dir: str | None = None  # where the items' stored thumbnails are (store/thumbs.py)
 
 
 def _row(method: str, scores: np.ndarray, texts: Sequence[str], gt: np.ndarray, twins: Any, seconds: float) -> dict[str, Any]:
@@ -150,7 +151,8 @@ def evaluate_split(
     gt = np.array([r for _, r in pairs], dtype=np.int64)
     twins = find_twins(texts, gt)
     table = data.table
-    out = Evaluation(split, [], texts, gt, twins, {}, list(table.ids), list(table.paths), list(table.kinds))
+    out = Evaluation(split, [], texts, gt, twins, {}, list(table.ids), list(table.paths), list(table.kinds),
+                     feature_set_dir=str(store.directory))
     say = status or (lambda _msg: None)
     methods: list[tuple[str, Callable[[], tuple[np.ndarray, float]]]] = []
     if fast is not None:
