@@ -13,7 +13,7 @@ RSS, disk, query p50 (Fast, Fast+rerank(20)) and recall@10 against exact search.
   at the shipped HNSW defaults unless `--ef-construction` says otherwise, and computes the
   exact top-10 of the queries twice: numpy brute force and faiss `IndexFlatIP` (the
   outside reference, in the `bench` extra); the search child opens the index as
-  `fastslow search` does (`open_index` + `Searcher` with default-size, randomly
+  `fastslow search` does (`SearchIndex.open` + `Searcher` with default-size, randomly
   initialised Fast and Slow models: weights do not change the cost) and times single
   queries end to end, text encoding included; Fast+rerank(20) scores 20 real memories
   read from the index with the Slow model.
@@ -97,8 +97,8 @@ def build_child(n: int, shards: int, params: AnnParams, queries: int, directory:
     from fastslow_cli.index.shards import shard_of, write_sharded_index
 
     fast, slow, vectors, qvecs, pool, _ = _contents(n, queries)
-    args = dict(fast_identity=fast.identity, slow_identity=slow.identity, slow_width=slow.width, params=params,
-                feature_set="synthetic (benchmark)", feature_fingerprint="synthetic")
+    args = {"fast_identity": fast.identity, "slow_identity": slow.identity, "slow_width": slow.width, "params": params,
+            "feature_set": "synthetic (benchmark)", "feature_fingerprint": "synthetic"}
     rss_before = _rss_mb()
     start = time.perf_counter()
     if shards == 1:
@@ -132,7 +132,7 @@ def build_child(n: int, shards: int, params: AnnParams, queries: int, directory:
 
 def search_child(directory: str, out: str) -> None:
     """Open the index as `fastslow search` does; time Fast and Fast+rerank(20); recall@10."""
-    from fastslow_cli.index.shards import open_index
+    from fastslow_cli.index.folder import SearchIndex
     from fastslow_cli.search.searcher import Searcher
 
     from bench_search import default_models
@@ -140,7 +140,7 @@ def search_child(directory: str, out: str) -> None:
     fast, slow, texts, _ = default_models(SEED)
     rss_models = _rss_mb()
     start = time.perf_counter()
-    index = open_index(Path(directory))
+    index = SearchIndex.open(Path(directory))
     open_s = time.perf_counter() - start
     rss_open = _rss_mb()
     searcher = Searcher(index, fast, slow)

@@ -384,10 +384,6 @@ class ShardedIndex(SearchIndex):
         return shard.best_timestamp(local, query_vector)
 
 
-def open_index(directory: Path) -> SearchIndex:
-    """An index folder opened for reading, sharded or not (`SearchIndex.open`)."""
-    return SearchIndex.open(directory)
-
 
 def footprint(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Disk and RAM of an index, in total and per item. RAM is what a searcher loads whole
