@@ -81,6 +81,18 @@ def test_onnx_search_equals_torch_search(onnx_models: dict[str, Any]) -> None:
     assert on_onnx.vocabulary_warning("zebra", 5) == on_torch.vocabulary_warning("zebra", 5) is not None
 
 
+def test_heat_maps_on_the_onnx_engine_come_from_the_same_weights(onnx_models: dict[str, Any]) -> None:
+    """The ONNX graph returns scores only: heat maps load the Slow weights on torch once and
+    equal the torch engine's (the page and `search --html` offer them on either engine)."""
+    ws = Workspace(onnx_models["ws"])
+    on_onnx, on_torch = ws.searcher(device="cpu"), ws.searcher(device="cpu", engine="torch")
+    assert on_onnx.engine == "onnx" and on_onnx.draws_heatmaps and on_torch.draws_heatmaps
+    item = on_torch.search(QUERIES[0], k=1, rerank=5)[0].id
+    a, b = on_onnx.heatmap(QUERIES[0], item), on_torch.heatmap(QUERIES[0], item)
+    assert a.tokens == b.tokens
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-6)
+
+
 def _search_in_a_process(ws: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """`fastslow search ARGS` in a fresh interpreter; also the heavy modules it imported."""
     code = (

@@ -159,6 +159,12 @@ class Searcher:
         memory = self.index.memories([label])[0]
         return self._attention_model().heatmap(check_query(query), memory, self.index.items["timestamps"][label])
 
+    @property
+    def draws_heatmaps(self) -> bool:
+        """Whether `heatmap` can answer: a Slow model with attention weights, or a native one
+        on ONNX (its torch twin is loaded on first use)."""
+        return self.slow is not None and (hasattr(self.slow, "heatmap") or getattr(self.slow, "engine", None) == "onnx")
+
     def _attention_model(self) -> Any:
         """The Slow model with attention weights: itself on torch; on ONNX (whose graph
         returns scores only) the same weights loaded on torch once, on first use."""

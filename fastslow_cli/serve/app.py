@@ -187,7 +187,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
 
     def heat_tokens(q: str, results: list) -> list[str] | None:
         """The query's words as the Slow model reads them (the word chooser), None without heat maps."""
-        if not results or not hasattr(searcher.slow, "heatmap"):
+        if not results or not searcher.draws_heatmaps:
             return None
         with lock:
             return list(heat(check_query(q), results[0].id).tokens)

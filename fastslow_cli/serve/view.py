@@ -139,7 +139,7 @@ def export_html(
     for i, res in enumerate(results):
         query = res[0].query if res else (queries[i] if queries else "")
         view = SearchView(query, [card(r, table.by_id[r.id], links) for r in res])
-        if res and hasattr(searcher.slow, "heatmap"):
+        if res and searcher.draws_heatmaps:
             for c in view.cards:
                 maps = searcher.heatmap(c["query"], c["id"])
                 view.tokens = list(maps.tokens)
