@@ -18,7 +18,8 @@ import functools
 import logging
 import mimetypes
 import secrets
-import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -134,7 +135,13 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
     """The app over `searcher`; with `token`, every API call and the page must present it."""
     items = ItemTable(searcher.index.items)
     links = ServerLinks(token)
-    lock = threading.Lock()  # one search at a time: the models are shared, the cores are few
+    # One search at a time, always on the same thread: the models are shared and the cores few,
+    # and glibc gives each thread that allocates its own malloc arena, so searches spread over
+    # the request thread pool grew the heap by an arena per thread (bench_serve, README).
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastslow-search")
+
+    def on_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return worker.submit(fn, *args, **kwargs).result()
     index_name = searcher.index.directory.name
     update_hint = "fastslow index update" + ("" if index_name == "default" else f" --index {index_name}")
 
@@ -178,8 +185,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
 
     def run_search(q: str, k: int, rerank: int, alpha: float | None, min_score: float | None) -> list:
         try:
-            with lock:
-                return searcher.search(q, k=k, rerank=rerank, alpha=alpha, min_score=min_score)
+            return on_worker(searcher.search, q, k=k, rerank=rerank, alpha=alpha, min_score=min_score)
         except UsageError as exc:
             raise ApiError(400, str(exc)) from None
         except FastslowError as exc:  # e.g. --min-score on an uncalibrated model: the workspace must change
@@ -189,8 +195,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         """The query's words as the Slow model reads them (the word chooser), None without heat maps."""
         if not results or not searcher.draws_heatmaps:
             return None
-        with lock:
-            return list(heat(check_query(q), results[0].id).tokens)
+        return list(on_worker(heat, check_query(q), results[0].id).tokens)
 
     def item_of(key: str) -> Item:
         item = items.get(key)
@@ -254,9 +259,7 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
         a PNG over the frame's thumbnail, or the whole JSON grid (`format=json`)."""
         item = item_of(key)
         try:
-            with lock:
-                text = check_query(q)
-                maps = heat(text, item.id)
+            maps = on_worker(heat, check_query(q), item.id)
         except UsageError as exc:
             raise ApiError(400, str(exc)) from None
         if format == "json":
