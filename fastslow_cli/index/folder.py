@@ -457,6 +457,19 @@ def build_index(
     return BuildReport(len(present), skipped, time.perf_counter() - started, str(directory))
 
 
+def check_update(index: Any, store: FeatureStore, fast: FastRetriever, slow: SlowRetriever | None) -> None:
+    """What an update of `index` (sharded or not) needs before it encodes anything: the models it
+    was built with, a Slow model when it caches Slow memory, and the feature set it came from."""
+    directory = index.directory
+    index.check_models(fast, slow)
+    if slow is None and index.memory is not None:
+        raise FastslowError(
+            f"index {directory} caches Slow memory: pass its Slow model (--slow) so new items get theirs too"
+        )
+    if index.manifest["feature_fingerprint"] != store.fingerprint():
+        raise FastslowError(f"index {directory} was built from another feature set: rebuild it with `fastslow index build`")
+
+
 def update_index(
     store: FeatureStore,
     directory: Path,
@@ -481,13 +494,7 @@ def update_index(
     with writer_lock(directory):
         started = time.perf_counter()
         index = SearchIndex.open(directory)
-        index.check_models(fast, slow)
-        if slow is None and index.memory is not None:
-            raise FastslowError(
-                f"index {directory} caches Slow memory: pass its Slow model (--slow) so new items get theirs too"
-            )
-        if index.manifest["feature_fingerprint"] != store.fingerprint():
-            raise FastslowError(f"index {directory} was built from another feature set: rebuild it with `fastslow index build`")
+        check_update(index, store, fast, slow)
         live = {i: e for i, e in store.entries().items() if Path(e.path).exists()}
         keep = _unchanged(index.items, live)
         known = set(index.items["id"])

@@ -50,6 +50,7 @@ from fastslow_cli.index.folder import (
     _reused_chunks,
     _swap_in,
     _unchanged,
+    check_update,
     read_manifest,
     workspace_of,
     write_folder,
@@ -238,13 +239,7 @@ def update_sharded_index(
     with writer_lock(directory):
         started = time.perf_counter()
         index = ShardedIndex.open(directory)
-        index.check_models(fast, slow)
-        if slow is None and index.memory is not None:
-            raise FastslowError(
-                f"index {directory} caches Slow memory: pass its Slow model (--slow) so new items get theirs too"
-            )
-        if index.manifest["feature_fingerprint"] != store.fingerprint():
-            raise FastslowError(f"index {directory} was built from another feature set: rebuild it with `fastslow index build`")
+        check_update(index, store, fast, slow)
         entries = store.entries()
         live = {i: e for i, e in entries.items() if Path(e.path).exists()}
         if not live:
