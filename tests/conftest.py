@@ -503,3 +503,19 @@ def browser() -> Iterator[Any]:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# Ray tests: one local Ray per test process, shared by every `--engine ray` test. Mark such a
+# test module `pytestmark = pytest.mark.xdist_group("ray")` so xdist (`--dist loadgroup`) runs
+# them all in one worker and only one Ray starts (about 4 s and a few hundred MB here).
+RAY_CPUS = 2
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[Any]:
+    """A local Ray with 2 CPUs, as `--engine ray --address local` starts on this machine;
+    the core's `ray_session` reuses it instead of starting its own."""
+    from fastslow_cli.ray_cluster import ray_session
+
+    with ray_session("local", num_cpus=RAY_CPUS) as ray:
+        yield ray
