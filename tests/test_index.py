@@ -30,7 +30,8 @@ DEAD_PID = 99_999_999  # above Linux's pid_max: never a live process
 
 
 def index_files(directory: Path) -> dict[str, bytes]:
-    return {f.name: f.read_bytes() for f in sorted(directory.iterdir())}
+    """Every file of an index folder (shard folders included) and its bytes."""
+    return {f.relative_to(directory).as_posix(): f.read_bytes() for f in sorted(directory.rglob("*")) if f.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +301,34 @@ def test_update_refuses_other_models_and_missing_slow(index_kit, tmp_path: Path)
     with pytest.raises(FastslowError, match="--slow"):
         update_index(store, directory, fast, None)  # would leave the new items without Slow memory
     assert index_files(directory) == files
+
+
+
+@pytest.mark.parametrize("shards", [None, 3], ids=["unsharded", "sharded"])
+def test_update_entry_checks_for_both_layouts(index_kit, tmp_path: Path, shards: int | None) -> None:
+    """`check_update` guards both layouts the same way: the models the index was built with, a
+    Slow model when it caches Slow memory, and the feature set it was built from."""
+    from fastslow_cli.index.shards import build_sharded_index
+
+    store = index_kit.make_store(tmp_path, count=9)
+    fast, slow = index_kit.make_models(store)
+    directory = tmp_path / "index" / "main"
+    if shards is None:
+        build_index(store, directory, fast, slow)
+    else:
+        build_sharded_index(store, directory, fast, slow, shards)
+    other_fast, _ = index_kit.make_models(store, seed=1, fast_hash="fast-b")
+    other_set = FeatureStore(tmp_path / "features" / "other")
+    other_set.ensure({"name": "another-backbone"}, index_kit.shapes, 8)
+    index_kit.add_rows(other_set, tmp_path / "media", index_kit.item_specs(3), seed=2)
+    files = index_files(directory)
+    with pytest.raises(FastslowError, match="Fast model models/fast-a"):
+        update_index(store, directory, other_fast, slow)
+    with pytest.raises(FastslowError, match=r"caches Slow memory: pass its Slow model \(--slow\)"):
+        update_index(store, directory, fast, None)
+    with pytest.raises(FastslowError, match="built from another feature set: rebuild it with `fastslow index build`"):
+        update_index(other_set, directory, fast, slow)
+    assert index_files(directory) == files  # refused before anything was written
 
 
 # ----------------------------------------------------------------------------- model checks
