@@ -438,6 +438,8 @@ class Workspace:
         report = update_index(
             store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)
         )
+        if not (report.added or report.updated or report.removed):
+            _emit(progress, "drop", stage=f"index {name}")  # nothing was written: no bar stuck at 0
         _index_thumbnails(store, progress)
         return IndexSummary(
             name, report.items, report.added, report.seconds, 0, slow is not None, report.updated, report.removed

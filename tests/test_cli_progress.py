@@ -30,3 +30,13 @@ def test_stage_bars_and_messages(capsys) -> None:
     for text in ("skipped /m/bad.mp4: no video stream", "warning /m/short.mp4: only 3 of 8 frames",
                  "note: 10 items held out", "train fast: 9 captions"):
         assert text in " ".join(err.split()), text
+
+
+def test_a_dropped_stage_leaves_no_bar(capsys) -> None:
+    with Events() as events:
+        events({"event": "start", "stage": "index main", "total": 4400})
+        events({"event": "drop", "stage": "index main"})  # index update: nothing changed
+        events({"event": "start", "stage": "thumbnails main", "total": 2})
+        events({"event": "advance", "stage": "thumbnails main", "n": 2})
+    out, err = capsys.readouterr()
+    assert out == "" and "index main" not in err and "thumbnails main" in err

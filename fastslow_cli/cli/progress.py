@@ -19,7 +19,7 @@ from fastslow_cli.cli.console import RateColumn, err_console, make_progress
 class Events:
     """A context manager whose `__call__` renders one core event.
 
-    `start`/`advance` drive a bar per stage (items/s), `step` a training bar with the
+    `start`/`advance` drive a bar per stage (items/s), `drop` removes one that had nothing to do, `step` a training bar with the
     running loss, `epoch` prints a line of validation metrics, `phase` updates a spinner,
     and `info`/`note`/`warning`/`failed` print one line each.
     """
@@ -61,6 +61,8 @@ class Events:
             self._tasks[event["stage"]] = self._bar.add_task(event["stage"], total=event.get("total"))
         elif kind == "advance" and self._bar is not None and event["stage"] in self._tasks:
             self._bar.advance(self._tasks[event["stage"]], event.get("n", 1))
+        elif kind == "drop" and self._bar is not None and event["stage"] in self._tasks:
+            self._bar.remove_task(self._tasks.pop(event["stage"]))
         elif kind == "step":
             if self._train is None:
                 self._train = make_progress(TextColumn("loss {task.fields[loss]}"))
