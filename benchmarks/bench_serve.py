@@ -34,8 +34,6 @@ import argparse
 import asyncio
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -71,27 +69,13 @@ def rss_kib(pid: int) -> dict[str, int]:
 
 @contextmanager
 def server(workspace: Path, index: str | None, log: Path, timeout: float = 300.0) -> Iterator[tuple[str, int]]:
-    """`fastslow serve` on a free loopback port; yields (URL, PID) once it said `serving ...`."""
+    """`fastslow serve` on a free loopback port (this checkout's code, no BLAS thread caps); yields (URL, PID)."""
+    from fastslow_cli.serve.process import served
+
     env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
     env["PYTHONPATH"] = os.pathsep.join([os.fspath(common.ROOT), env.get("PYTHONPATH", "")])
-    args = [sys.executable, "-m", "fastslow_cli", "serve", "-w", os.fspath(workspace), "--port", "0"]
-    with log.open("w") as err:
-        proc = subprocess.Popen([*args, *(["--index", index] if index else [])], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, env=env)
-    try:
-        deadline = time.monotonic() + timeout
-        while not (said := re.search(r"serving (http://\S+/)", log.read_text())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"fastslow serve did not start:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield said.group(1), proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with served(workspace, log, ["--index", index] if index else [], env=env, timeout=timeout) as running:
+        yield running
 
 
 async def load(url: str, texts: list[str], requests: int, concurrency: int, rerank: int) -> dict[str, Any]:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -469,25 +466,13 @@ def served_workspace(tmp_path_factory: pytest.TempPathFactory, index_kit: IndexK
 
 @contextmanager
 def serving(ws: Path, log: Path, *args: str, timeout: float = 120.0) -> Iterator[str]:
-    """The real `fastslow serve -w WS --port 0 ARGS` in a subprocess; yields its URL once it
-    said `serving http://...` on stderr (kept in `log`), and stops it afterwards."""
+    """The real `fastslow serve -w WS --port 0 ARGS` in a subprocess running this checkout's
+    code; yields its URL once it listens (its stderr kept in `log`), and stops it afterwards."""
+    from fastslow_cli.serve.process import served
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "fastslow_cli", "serve", "-w", str(ws), "--port", "0", *args],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
-    try:
-        deadline = time.monotonic() + timeout
-        while not (said := re.search(r"serving (http://\S+/)", log.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, f"fastslow serve did not start:\n{log.read_text()}"
-            time.sleep(0.1)
-        yield said.group(1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with served(ws, log, args, env=env, timeout=timeout) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")
