@@ -14,6 +14,7 @@ page passes it on in the links it renders.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import mimetypes
@@ -21,19 +22,19 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, get_type_hints
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastslow_cli import __version__
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.search.heatmap import overlay_png
-from fastslow_cli.search.searcher import check_query
+from fastslow_cli.search.searcher import Result, check_query
 from fastslow_cli.serve.items import KEY_PATTERN, Item, ItemTable, MediaRefused
 from fastslow_cli.serve.view import SearchView, ServerLinks, card, render
 
@@ -80,25 +81,23 @@ class FrameOut(BaseModel):
     thumb_url: str
 
 
-class ResultOut(BaseModel):
-    query: str
-    rank: int
-    id: str
-    path: str
-    kind: str
-    score: float
-    fast_score: float
-    slow_score: float | None
-    timestamp: float | None
-    missing: bool
-    relevance: float | None
-    fast_rank: int | None
-    name: str
-    key: str
-    thumb_url: str
-    media_url: str | None
-    best_frame: int
-    frames: list[FrameOut]
+def _result_fields() -> dict[str, Any]:
+    """`Result`'s fields as `search --json` writes them: the API's results are those plus the
+    fields below, defined once (a field added to `Result` reaches the spec and the fuzz tests)."""
+    hints = get_type_hints(Result)
+    return {f.name: (hints[f.name], ...) for f in dataclasses.fields(Result)}
+
+
+ResultOut = create_model(
+    "ResultOut",
+    **_result_fields(),
+    name=(str, ...),
+    key=(str, ...),
+    thumb_url=(str, ...),
+    media_url=(Optional[str], ...),
+    best_frame=(int, ...),
+    frames=(list[FrameOut], ...),
+)
 
 
 class SearchOut(BaseModel):
