@@ -18,14 +18,17 @@ on a filesystem mounted at the same path on every node (docs/SCALE.md).
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
+import re
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastslow_cli.errors import FastslowError, one_line
+from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.features.backbones import load_backbone
 from fastslow_cli.features.extract import ExtractOptions, Outcome, Plan, _batches, outcomes
 from fastslow_cli.media.discover import MediaFile
@@ -94,15 +97,38 @@ def _no_retries(ray: Any) -> None:
     context.max_errored_blocks = 0
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The error a Ray wrapper carries (a FastslowError raised in an actor, say)."""
-    seen = exc
+@contextmanager
+def _ray_data_errors_silenced() -> Iterator[None]:
+    """Ray Data logs a failed run with a traceback on stderr; we report it in one line."""
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _failure(exc: BaseException) -> FastslowError:
+    """One line for a failed Ray run. A FastslowError raised in an actor (a backbone that
+    cannot load, say) is given back as such; Ray carries it either as the exception or,
+    when the actor died of it, only as the last line of its remote traceback."""
+    seen: BaseException | None = exc
     for _ in range(10):
-        inner = getattr(seen, "cause", None) or seen.__cause__
-        if inner is None or inner is seen:
+        if seen is None:
             break
-        seen = inner
-    return seen
+        if isinstance(seen, FastslowError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    ours = re.match(r"fastslow_cli\.errors\.(\w+): (.+)", last)
+    if ours:
+        return (UsageError if ours[1] == "UsageError" else FastslowError)(ours[2])
+    return FastslowError(
+        f"extract on Ray failed: {last[:300].rstrip('.')} "
+        "(the rows stored so far are kept: run the same command again to go on)"
+    )
 
 
 def ray_outcomes(
@@ -110,7 +136,7 @@ def ray_outcomes(
 ) -> Generator[list[Outcome], None, None]:
     """Decode and featurise `work.todo` on Ray actors; one group of outcomes per Ray task,
     as they finish. `decode_fn` replaces the decoder (as for `DecodePool`)."""
-    with ray_session(options.address) as ray:
+    with ray_session(options.address) as ray, _ray_data_errors_silenced():
         _no_retries(ray)
         todo = work.todo
         items = ray.data.from_items(
@@ -139,13 +165,7 @@ def ray_outcomes(
                 except StopIteration:
                     return
                 except Exception as exc:  # noqa: BLE001 - Ray wraps what failed in its own errors
-                    cause = _cause(exc)
-                    if isinstance(cause, FastslowError):
-                        raise cause from None
-                    raise FastslowError(
-                        f"extract on Ray failed: {one_line(cause)} "
-                        "(the rows stored so far are kept: run the same command again to go on)"
-                    ) from exc
+                    raise _failure(exc) from exc
                 yield [pickle.loads(blob) for blob in batch.column("outcome").to_pylist()]
         finally:
             close = getattr(batches, "close", None)
