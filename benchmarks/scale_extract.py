@@ -7,7 +7,8 @@ and 2 actors. Each configuration also runs on the first few files only, so the f
 (process, imports, Ray start-up, actors' start) and the per-item cost separate:
 per item = (wall(N) - wall(few)) / (N - few). Each Ray feature set is then compared with
 the local one: rows sorted by id with every column equal (the float16 levels compared as
-raw bits), the same parts schema and metadata, the same manifest but for its times and
+raw bits), the same schema and metadata in the parts (but the names of
+the parts a compacted part replaced), the same manifest but for its times and
 part list, the same thumbnail files byte for byte, the same errors.
 """
 
@@ -61,11 +62,22 @@ def set_contents(set_dir: Path) -> dict[str, Any]:
     manifest["counts"].pop("parts", None)
     return {
         "rows": rows,
-        "schema": pq.read_schema(parts[0]).to_string(show_schema_metadata=True),
+        "schema": {_schema(part) for part in parts},  # every part has the same one
         "manifest": manifest,
         "thumbs": {p.relative_to(set_dir).as_posix(): p.read_bytes() for p in (set_dir / "thumbs").rglob("*") if p.is_file()},
         "errors": sorted((e["id"], e["reason"], tuple(e["attempts"])) for e in FeatureStore(set_dir).errors()),
     }
+
+
+def _schema(part: Path) -> tuple[str, tuple[tuple[bytes, bytes], ...]]:
+    """A part's columns and metadata, but the names of the parts it replaced (compaction's
+    bookkeeping: how many parts a run appended depends on its timing, not on the rows)."""
+    import pyarrow.parquet as pq
+
+    from fastslow_cli.store.parquet import REPLACES_KEY
+
+    schema = pq.read_schema(part)
+    return schema.remove_metadata().to_string(), tuple(sorted((k, v) for k, v in (schema.metadata or {}).items() if k != REPLACES_KEY))
 
 
 def differences(a: Path, b: Path) -> list[str]:
@@ -73,6 +85,54 @@ def differences(a: Path, b: Path) -> list[str]:
     one, two = set_contents(a), set_contents(b)
     out = [f"rows.{k}" for k in one["rows"] if one["rows"][k] != two["rows"].get(k)]
     return out + [k for k in ("schema", "manifest", "thumbs", "errors") if one[k] != two[k]]
+
+
+def driver_cost(set_dir: Path, scratch: Path, flush: int = 64) -> dict[str, float]:
+    """What the driver spends per row whichever engine made it, measured on a stored set's
+    own rows: unpickle an outcome, write its thumbnails, append parts of `flush` rows
+    (zstd Parquet, manifest update). On a cluster this bounds the rate: one driver
+    stores at most 1 / (this) items per second, however many workers decode."""
+    import pickle
+
+    from fastslow_cli.features.extract import Outcome
+    from fastslow_cli.media.discover import MediaFile
+    from fastslow_cli.store.parquet import FeatureRow, FeatureStore
+    from fastslow_cli.store.thumbs import ThumbnailFiles, entry_key
+
+    source = FeatureStore(set_dir)
+    entries, table, manifest = source.entries(), source.load(), source.manifest()
+    files = ThumbnailFiles(set_dir)
+    blobs = []
+    for i, item_id in enumerate(table.ids):
+        e, t = entries[item_id], int(table.frames[i])
+        row = FeatureRow(id=item_id, path=e.path, kind=e.kind, frames=t, timestamps=list(table.timestamps[i]),
+                         size=e.size, mtime_ns=e.mtime_ns, content_hash=e.content_hash,
+                         levels=[lv[i, :t] for lv in table.levels])
+        thumbs = [files.path(entry_key(e), f).read_bytes() for f in range(files.count(entry_key(e)))]
+        item = MediaFile(id=item_id, path=Path(e.path), kind=e.kind, size=e.size, mtime_ns=e.mtime_ns)
+        blobs.append((entry_key(e), pickle.dumps(Outcome(item, row, thumbs), protocol=pickle.HIGHEST_PROTOCOL)))
+    target = FeatureStore(scratch / "features" / "default")
+    target.ensure(manifest["backbone"], [tuple(s) for s in manifest["levels"]], manifest["frames"])
+    out = ThumbnailFiles(target.directory)
+    spent = {"unpickle": 0.0, "thumbnails": 0.0, "append": 0.0}
+    pending = []
+    for n, (key, blob) in enumerate(blobs, 1):
+        t0 = time.perf_counter()
+        outcome = pickle.loads(blob)
+        t1 = time.perf_counter()
+        out.put(key, outcome.thumbnails)
+        t2 = time.perf_counter()
+        pending.append(outcome.row)
+        if len(pending) == flush or n == len(blobs):
+            target.append(pending)
+            pending = []
+        spent["unpickle"] += t1 - t0
+        spent["thumbnails"] += t2 - t1
+        spent["append"] += time.perf_counter() - t2
+    per_item = {f"{k}_ms": round(1000 * v / len(blobs), 3) for k, v in spent.items()}
+    per_item["total_ms"] = round(sum(per_item.values()), 3)
+    per_item["outcome_kb"] = round(sum(len(b) for _, b in blobs) / len(blobs) / 1024, 1)
+    return per_item
 
 
 def _extract(media: Path, ws: Path, engine: str, workers: int) -> dict[str, Any]:
@@ -119,7 +179,9 @@ def run_extract_rows(work: Path, items: int | None) -> dict[str, Any]:
             row["differences"] = diff
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return {"media": {"files": len(files), "images": sum(p.suffix == ".png" for p in files),
+    driver = driver_cost(sets["local-w2"], work / "driver")
+    print(json.dumps({"driver_per_item": driver}), flush=True)
+    return {"driver_per_item": driver, "media": {"files": len(files), "images": sum(p.suffix == ".png" for p in files),
                       "clips": sum(p.suffix == ".mp4" for p in files), "full_demo": items is None},
             "rows": rows}
 
@@ -135,7 +197,8 @@ def to_markdown(extract: dict[str, Any]) -> list[str]:
         f"Each row is a fresh `fastslow extract --json` process; wall = the whole process (imports, Ray start-up "
         f"and the actors' start included); fixed = the same command on {FEW} files; per item = (wall - fixed) / "
         f"(files - {FEW}). identical = the Ray feature set equals the local one: rows sorted by id with every column "
-        "equal (float16 levels as raw bits), same parts schema and metadata, same manifest but for its times and part "
+        "equal (float16 levels as raw bits), same schema and metadata in every part (but the names of the parts a "
+        "compacted part replaced: bookkeeping that depends on when rows were appended), same manifest but for its times and part "
         "list, same thumbnail files byte for byte, same errors.",
         "",
         "| engine | workers | files | wall s | items/s | fixed s | per item ms | items/s after start | identical to local |",
@@ -148,4 +211,13 @@ def to_markdown(extract: dict[str, Any]) -> list[str]:
             f"| {r['engine']} | {r['workers']} | {r['items']:,} | {r['wall_s']:.1f} | {r['items_per_s']:.0f} | "
             f"{r['fixed_s']:.1f} | {r['per_item_ms']:.2f} | {after} | {same} |"
         )
+    d = extract.get("driver_per_item")
+    if d:
+        lines += [
+            "",
+            f"The driver's own cost per row, whichever engine made it (measured on the local set's rows, "
+            f"outcomes of {d['outcome_kb']:.0f} KB on average): unpickle {d['unpickle_ms']:.3f} ms, thumbnails "
+            f"{d['thumbnails_ms']:.3f} ms, Parquet append in parts of 64 {d['append_ms']:.3f} ms; total "
+            f"{d['total_ms']:.2f} ms, so one driver stores at most ~{1000 / d['total_ms']:,.0f} items/s.",
+        ]
     return lines

@@ -1,10 +1,10 @@
 """`fastslow extract`: media files -> feature rows in the Parquet store.
 
 discover -> skip what is stored -> reuse features of renamed files -> decode in isolated
-workers -> backbone in batches (here, or on Ray actors: extract_ray.py) -> append parts -> drop the rows of files gone from the
-scanned roots and compact. Rows are appended every FLUSH_SECONDS or FLUSH_ITEMS, so an
-interrupted run (even `kill -9`) loses at most that much, and rerunning completes the set
-with no duplicates.
+workers -> backbone in batches (here, or on Ray actors: extract_ray.py) -> append parts ->
+drop the rows of files gone from the scanned roots and compact. Rows are appended every
+FLUSH_SECONDS or FLUSH_ITEMS, so an interrupted run (even `kill -9`) loses at most that
+much, and rerunning completes the set with no duplicates.
 
 Progress is reported through an optional callback of dict events (the core never prints):
 `{"event": "start", "stage": "extract SET", "total": N}`, `{"event": "advance", "stage":

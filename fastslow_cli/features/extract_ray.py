@@ -80,6 +80,7 @@ class ExtractActor:
 
 
 def _rows(todo: Sequence[MediaFile], hashes: dict[str, str]) -> list[dict[str, Any]]:
+    """The items as Ray Data rows: what an actor needs to rebuild each `MediaFile`."""
     return [
         {"id": m.id, "path": str(m.path), "kind": m.kind, "size": m.size, "mtime_ns": m.mtime_ns,
          "content_hash": hashes.get(m.id, "")}
@@ -138,10 +139,8 @@ def ray_outcomes(
     as they finish. `decode_fn` replaces the decoder (as for `DecodePool`)."""
     with ray_session(options.address) as ray, _ray_data_errors_silenced():
         _no_retries(ray)
-        todo = work.todo
-        items = ray.data.from_items(
-            _rows(todo, work.hashes), override_num_blocks=max(1, math.ceil(len(todo) / ITEMS_PER_TASK))
-        )
+        blocks = max(1, math.ceil(len(work.todo) / ITEMS_PER_TASK))
+        items = ray.data.from_items(_rows(work.todo, work.hashes), override_num_blocks=blocks)
         with warnings.catch_warnings():
             # Ray 2.60 deprecates `ray_remote_args` but names no other way to turn off
             # actor restarts and task retries: keep its warning off our stderr.
@@ -149,7 +148,7 @@ def ray_outcomes(
             dataset = items.map_batches(
                 ExtractActor,
                 fn_constructor_kwargs={"options": options, "decode_fn": decode_fn},
-                compute=ray.data.ActorPoolStrategy(size=options.workers),
+                compute=ray.data.ActorPoolStrategy(size=min(options.workers, blocks)),  # no idle actors
                 num_cpus=ACTOR_CPUS,
                 num_gpus=options.gpus_per_worker or None,
                 batch_size=ITEMS_PER_TASK,
