@@ -2,6 +2,7 @@
 RSS, disk, query p50 (Fast, Fast+rerank(20)) and recall@10 against exact search.
 
     python benchmarks/bench_scale.py [--sizes 100000 1000000] [--shards 1 4] [--quick] [--out DIR]
+    python benchmarks/bench_scale.py --no-index --extract-items 400 [--out DIR]
 
 - Contents are synthetic, sized like the defaults (read from `FastConfig()` and
   `SlowConfig()` through bench_search's `default_models`): clustered unit Fast vectors of
@@ -18,6 +19,10 @@ RSS, disk, query p50 (Fast, Fast+rerank(20)) and recall@10 against exact search.
   queries end to end, text encoding included; Fast+rerank(20) scores 20 real memories
   read from the index with the Slow model.
 - Index files are deleted after each row (a 1M-item index is ~8 GB at int8).
+- `--extract-items N` (or `--extract-demo`: the full demo's media) adds extraction rows:
+  `fastslow extract` items/s with the local engine and with `--engine ray` at 1 and 2
+  actors on the same files, and whether each Ray feature set equals the local one
+  (scale_extract.py); `--no-index` runs only those.
 
 Timings are medians on a shared 2-core machine: read ratios within one run.
 """
@@ -199,6 +204,18 @@ def run_row(n: int, shards: int, params: AnnParams, queries: int, work: Path) ->
 
 
 def to_markdown(report: dict) -> str:
+    lines = _index_markdown(report) if report["rows"] else []
+    if report.get("extract"):
+        from scale_extract import to_markdown as extract_markdown
+
+        lines += extract_markdown(report["extract"])
+    lines += ["", common.SHARED_NOTE, f"Load average at the end: {report['machine'].get('load_avg_at_end')}.", ""]
+    if report.get("note"):
+        lines += [report["note"], ""]
+    return "\n".join(lines)
+
+
+def _index_markdown(report: dict) -> list[str]:
     p = report["params"]
     lines = [
         "# Scale: index cost at N items, unsharded and sharded",
@@ -223,10 +240,7 @@ def to_markdown(report: dict) -> str:
             f"{r['p50_ms_fast']:.2f} | {r['p50_ms_fast_rerank20']:.1f} | {r['recall@10_vs_numpy']:.3f} | "
             f"{'-' if faiss_recall is None else f'{faiss_recall:.3f}'} |"
         )
-    lines += ["", common.SHARED_NOTE, ""]
-    if report.get("note"):
-        lines += [report["note"], ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -240,6 +254,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="scratch folder for the index files (default: a temp dir)")
     parser.add_argument("--note", default="", help="a line added under the table (what was run and why)")
     parser.add_argument("--name", default="scale", help="results file name (default scale)")
+    parser.add_argument("--extract-items", type=int, default=0,
+                        help="also time extraction (local engine vs Ray) on this many demo-like media files")
+    parser.add_argument("--extract-demo", action="store_true", help="the extraction rows on the full demo's media")
+    parser.add_argument("--no-index", action="store_true", help="only the extraction rows")
     args = parser.parse_args()
     preset = QUICK if args.quick else FULL
     sizes, shard_counts = args.sizes or preset["sizes"], args.shards or preset["shards"]
@@ -264,7 +282,13 @@ def main() -> None:
     }
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.work))
     try:
-        for n in sizes:
+        if args.extract_items or args.extract_demo:
+            from scale_extract import run_extract_rows
+
+            report["extract"] = run_extract_rows(work / "extract", None if args.extract_demo else args.extract_items)
+            report["machine"]["load_avg_at_end"] = common.load_average()
+            common.save(args.out, args.name, report, to_markdown(report))
+        for n in [] if args.no_index else sizes:
             for shards in shard_counts:
                 report["rows"].append(run_row(n, shards, params, queries, work))
                 # Saved after every row: a long run cut short keeps the rows it finished.

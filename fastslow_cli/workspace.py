@@ -188,15 +188,21 @@ class Workspace:
         timeout: float = 120.0,
         device: str = "auto",
         thumbnails: bool = True,
+        engine: str = "local",
+        address: str | None = None,
+        gpus_per_worker: float = 0.0,
         progress: Progress | None = None,
     ) -> ExtractSummary:
         """Decode the media under `paths`, run the backbone, store the features (resumable)
-        and, with `thumbnails`, a small JPEG per image and sampled frame (store/thumbs.py)."""
+        and, with `thumbnails`, a small JPEG per image and sampled frame (store/thumbs.py).
+        `engine="ray"` decodes on Ray Data actors (`address`: local, auto or ray://HOST:PORT;
+        `workers` actors, `gpus_per_worker` GPUs each); the feature set is the same."""
         from fastslow_cli.features.extract import ExtractOptions, run_extract
 
         options = ExtractOptions(
             set_name=set, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
             decoder=decoder, workers=workers, timeout=timeout, device=device, thumbnails=thumbnails,
+            engine=engine, address=address, gpus_per_worker=gpus_per_worker,
         )
         return run_extract([os.fspath(p) for p in paths], self, options, progress=progress)
 

@@ -502,5 +502,20 @@ def ray_local() -> Iterator[Any]:
     the core's `ray_session` reuses it instead of starting its own."""
     from fastslow_cli.ray_cluster import ray_session
 
-    with ray_session("local", num_cpus=RAY_CPUS) as ray:
+    # Ray's workers (and the decoder processes they start) inherit the environment of the
+    # Ray started here: with tests/ on their path they can import a test's helper by name
+    # (a decode function that crashes, say), as the workers of a local DecodePool do.
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), before) if p)
+    try:
+        session = ray_session("local", num_cpus=RAY_CPUS)
+        ray = session.__enter__()
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
+    try:
         yield ray
+    finally:
+        session.__exit__(None, None, None)

@@ -92,7 +92,7 @@ def test_example_script_prints_what_the_cli_prints(built: dict[str, Any]) -> Non
 def test_import_and_workspace_stay_light() -> None:
     code = (
         "import sys, fastslow_cli as fs; ws = fs.Workspace('/nonexistent/ws'); ws.indexes(); "
-        "print(sorted(m for m in ('torch', 'pyarrow', 'numpy', 'transformers') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'pyarrow', 'numpy', 'transformers', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -12,7 +12,7 @@ from conftest import run_cli
 
 from fastslow_cli import __version__
 
-HEAVY = ("torch", "transformers", "pyarrow", "numpy")
+HEAVY = ("torch", "transformers", "pyarrow", "numpy", "ray")
 
 
 def test_help_does_not_import_heavy_modules() -> None:

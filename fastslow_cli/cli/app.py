@@ -64,6 +64,11 @@ class Engine(str, Enum):
     torch = "torch"
 
 
+class ExtractEngine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Decoder(str, Enum):
     auto = "auto"
     decord = "decord"
@@ -144,19 +149,38 @@ def extract(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Frames per backbone batch.")] = 64,
     decoder: Annotated[Decoder, typer.Option(help="Video decoder: auto = decord, PyAV on failure.")] = Decoder.auto,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Decoding worker processes.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="Decoder processes (local engine), or Ray actors, each with one decoder process (ray)."),
+    ] = 2,
     timeout: Annotated[float, typer.Option(min=1.0, help="Seconds before a hung decoder is killed.")] = 120.0,
     device: DeviceOpt = "auto",
     thumbnails: Annotated[
         bool, typer.Option("--thumbnails/--no-thumbnails", help="Store a small JPEG per image and sampled frame.")
     ] = True,
+    engine: Annotated[
+        ExtractEngine,
+        typer.Option(help="local: decode and run the backbone here; ray: on Ray Data actors (docs/SCALE.md)."),
+    ] = ExtractEngine.local,
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            help="With --engine ray: local (default: a private Ray on this machine's cores), auto (the cluster "
+            "`ray start` runs here) or ray://HOST:PORT.",
+            show_default=False,
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option(min=0.0, help="With --engine ray: GPUs each actor claims (its backbone then runs on CUDA).")
+    ] = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Decode media, run the visual backbone and append features to the Parquet store.
 
     Resumable: items already stored (same path, size and mtime) are skipped; renamed files
-    reuse their features. Exit 0 = all stored, 3 = some files failed (listed in
-    features/SET/errors.jsonl), 1 = failure, 2 = bad usage.
+    reuse their features. With --engine ray the same feature set is written (media must be
+    at the same path on every Ray node). Exit 0 = all stored, 3 = some files failed (listed
+    in features/SET/errors.jsonl), 1 = failure, 2 = bad usage.
     """
     from fastslow_cli.cli.progress import Events
     from fastslow_cli.cli.render import render_extract_summary
@@ -166,7 +190,7 @@ def extract(
         summary = ws.extract(
             paths, set_name, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
             decoder=decoder.value, workers=workers, timeout=timeout, device=device, thumbnails=thumbnails,
-            progress=events,
+            engine=engine.value, address=address, gpus_per_worker=gpus_per_worker, progress=events,
         )
     if json_out:
         _emit_json(summary.to_json())

@@ -1,10 +1,10 @@
 """`fastslow extract`: media files -> feature rows in the Parquet store.
 
 discover -> skip what is stored -> reuse features of renamed files -> decode in isolated
-workers -> backbone in batches -> append parts -> drop the rows of files gone from the
-scanned roots and compact. Rows are appended every FLUSH_SECONDS or FLUSH_ITEMS, so an
-interrupted run (even `kill -9`) loses at most that much, and rerunning completes the set
-with no duplicates.
+workers -> backbone in batches (here, or on Ray actors: extract_ray.py) -> append parts ->
+drop the rows of files gone from the scanned roots and compact. Rows are appended every
+FLUSH_SECONDS or FLUSH_ITEMS, so an interrupted run (even `kill -9`) loses at most that
+much, and rerunning completes the set with no duplicates.
 
 Progress is reported through an optional callback of dict events (the core never prints):
 `{"event": "start", "stage": "extract SET", "total": N}`, `{"event": "advance", "stage":
@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fastslow_cli.errors import UsageError
 from fastslow_cli.media.pool import DecodePool, DecodeResult
 from fastslow_cli.features.backbones import Backbone, load_backbone
 from fastslow_cli.media.decode import THUMB_SIZE
@@ -52,6 +54,9 @@ class ExtractOptions:
     flush_items: int = FLUSH_ITEMS  # rows per appended part at most
     flush_seconds: float = FLUSH_SECONDS  # and a part at least this often while rows wait
     thumbnails: bool = True  # store a JPEG per image / sampled frame (store/thumbs.py)
+    engine: str = "local"  # "local": decoder processes here; "ray": Ray Data actors (extract_ray.py)
+    address: str | None = None  # ray: local (a private Ray on this machine), auto or ray://HOST:PORT
+    gpus_per_worker: float = 0.0  # ray: GPUs each actor claims (its backbone then runs on CUDA)
 
 
 @dataclass
@@ -213,6 +218,31 @@ def _batches(
         yield batch
 
 
+ENGINES = ("local", "ray")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+def check_engine(paths: Sequence[str], options: ExtractOptions) -> None:
+    """Refuse what the chosen engine cannot do, before any work: Ray-only options with the
+    local engine, and object-store URLs (every worker reads media at a local path, and
+    thumbnails, `serve` and `index update` need them at a path too)."""
+    if options.engine not in ENGINES:
+        raise UsageError(f"unknown --engine {options.engine!r}: use local or ray")
+    if options.engine == "local":
+        if options.gpus_per_worker:
+            raise UsageError("--gpus-per-worker needs --engine ray (the local engine uses --device)")
+        if options.address is not None:
+            raise UsageError("--address needs --engine ray (the local engine runs on this machine)")
+    if options.gpus_per_worker < 0:
+        raise UsageError(f"--gpus-per-worker must be 0 or more, got {options.gpus_per_worker:g}")
+    for p in paths:  # s3://b/x, or s3:/b/x once a shell or Path() folded the slashes
+        if _URL.match(str(p)) and not os.path.exists(p):
+            raise UsageError(
+                f"{p}: URLs are not supported as media paths: mount the bucket (mountpoint-s3, gcsfuse) "
+                "at the same path on every worker and pass the mount path"
+            )
+
+
 def run_extract(
     paths: Sequence[str],
     workspace: Workspace,
@@ -228,6 +258,7 @@ def run_extract(
     """
     emit = progress or _ignore
     started = time.perf_counter()
+    check_engine(paths, options)
     items = find_media([Path(p) for p in paths])
     roots = [Path(p).expanduser().resolve() for p in paths]
     backbone = load_backbone(options.backbone, size=options.size, device=options.device)
@@ -328,6 +359,50 @@ def _reused_rows(store: FeatureStore, reusable: Sequence[tuple[MediaFile, str, S
     return rows
 
 
+@dataclass
+class Outcome:
+    """What an engine made of one item to decode: a feature row (with its thumbnails and
+    any decoder warning), or the reason it failed and every attempt made."""
+
+    item: MediaFile
+    row: FeatureRow | None = None
+    thumbnails: list[bytes] | None = None
+    warning: str | None = None
+    error: str | None = None
+    attempts: list[str] = field(default_factory=list)
+
+
+def outcomes(results: Sequence[DecodeResult], backbone: Backbone, hashes: dict[str, str]) -> list[Outcome]:
+    """One batch of decoded results as outcomes: the good ones through the backbone at once."""
+    good = [r for r in results if r.decoded is not None]
+    rows = iter(_featurise(good, backbone, hashes) if good else [])
+    done: list[Outcome] = []
+    for r in results:
+        if r.decoded is None:
+            done.append(Outcome(r.item, error=r.error or "unknown decoding error", attempts=r.attempts))
+        else:
+            done.append(Outcome(r.item, next(rows), r.decoded.thumbnails, r.decoded.warning, attempts=r.attempts))
+    return done
+
+
+def _local_outcomes(work: Plan, backbone: Backbone, options: ExtractOptions) -> Generator[list[Outcome], None, None]:
+    """The local engine: decode in isolated worker processes, featurise in batches.
+
+    Yields a group per backbone batch (a failure alone), and an empty group at a tick, so
+    rows are stored on time while a slow file decodes."""
+    with DecodePool(
+        size=backbone.input_size,
+        frames=options.frames,
+        decoder=options.decoder,
+        workers=options.workers,
+        timeout=options.timeout,
+        thumbnails=options.thumbnails,
+    ) as pool:
+        results = pool.imap(work.todo, tick=options.flush_seconds)
+        for group in _batches(results, options.batch_size, options.flush_seconds):
+            yield outcomes(group, backbone, work.hashes)
+
+
 def _decode_and_store(
     work: Plan,
     store: FeatureStore,
@@ -336,7 +411,8 @@ def _decode_and_store(
     summary: ExtractSummary,
     emit: Progress,
 ) -> None:
-    """Decode in isolated workers, featurise in batches, append a part every few seconds."""
+    """Decode and featurise on the chosen engine; store what comes back: thumbnails, then
+    a part of rows every few seconds, failures in the errors file."""
     pending: list[FeatureRow] = []
     last_flush = time.monotonic()
     thumbs = ThumbnailFiles(store.directory)
@@ -349,36 +425,33 @@ def _decode_and_store(
             pending = []
         last_flush = time.monotonic()
 
+    if options.engine == "ray":
+        from fastslow_cli.features.extract_ray import ray_outcomes
+
+        groups = ray_outcomes(work, options)
+    else:
+        groups = _local_outcomes(work, backbone, options)
     stage = f"extract {options.set_name}"
     emit({"event": "start", "stage": stage, "total": len(work.todo)})
     try:
-        with DecodePool(
-            size=backbone.input_size,
-            frames=options.frames,
-            decoder=options.decoder,
-            workers=options.workers,
-            timeout=options.timeout,
-            thumbnails=options.thumbnails,
-        ) as pool:
-            results = pool.imap(work.todo, tick=options.flush_seconds)
-            for group in _batches(results, options.batch_size, options.flush_seconds):
-                if group and group[0].decoded is None:
-                    r = group[0]
-                    reason = r.error or "unknown decoding error"
-                    store.record_error(r.item.id, str(r.item.path), reason, r.attempts)
-                    summary.failed.append({"id": r.item.id, "path": str(r.item.path), "reason": reason})
-                    emit({"event": "failed", "path": str(r.item.path), "reason": reason})
-                elif group:
-                    for r in group:
-                        if r.decoded.warning:
-                            emit({"event": "warning", "path": str(r.item.path), "message": r.decoded.warning})
-                        if r.decoded.thumbnails:  # before the features: a row never names absent thumbnails
-                            thumbs.put(thumb_key(work.hashes.get(r.item.id, ""), r.item.id), r.decoded.thumbnails)
-                    pending.extend(_featurise(group, backbone, work.hashes))
-                if len(pending) >= options.flush_items or time.monotonic() - last_flush >= options.flush_seconds:
-                    flush()
-                if group:
-                    emit({"event": "advance", "stage": stage, "n": len(group)})
+        for group in groups:
+            for o in group:
+                path = str(o.item.path)
+                if o.row is None:
+                    reason = o.error or "unknown decoding error"
+                    store.record_error(o.item.id, path, reason, o.attempts)
+                    summary.failed.append({"id": o.item.id, "path": path, "reason": reason})
+                    emit({"event": "failed", "path": path, "reason": reason})
+                    continue
+                if o.warning:
+                    emit({"event": "warning", "path": path, "message": o.warning})
+                if o.thumbnails:  # before the features: a row never names absent thumbnails
+                    thumbs.put(thumb_key(work.hashes.get(o.item.id, ""), o.item.id), o.thumbnails)
+                pending.append(o.row)
+            if len(pending) >= options.flush_items or time.monotonic() - last_flush >= options.flush_seconds:
+                flush()
+            if group:
+                emit({"event": "advance", "stage": stage, "n": len(group)})
         flush()
     except BaseException:
         try:
@@ -386,3 +459,5 @@ def _decode_and_store(
         except Exception as exc:  # noqa: BLE001 - the original error is the one to report
             emit({"event": "warning", "path": str(store.parts_dir), "message": f"could not save the last rows: {exc}"})
         raise
+    finally:
+        groups.close()  # stop the engine's workers now, not when the generator is collected
