@@ -316,6 +316,13 @@ MemoryOpt = Annotated[
 ]
 
 
+class IndexEngine(str, Enum):
+    """Where `index build` encodes the items (index/encode_ray.py for ray)."""
+
+    local = "local"
+    ray = "ray"
+
+
 @index_app.command("build")
 def index_build(
     workspace: WorkspaceOpt = None,
@@ -331,6 +338,22 @@ def index_build(
         int, typer.Option("--shards", min=1, max=1024, help="Split the index into N shards by a hash of the item id.")
     ] = 1,
     device: DeviceOpt = "auto",
+    engine: Annotated[
+        IndexEngine, typer.Option("--engine", help="Encode the items in this process (local) or on Ray actors (ray: docs/SCALE.md).")
+    ] = IndexEngine.local,
+    address: Annotated[
+        Optional[str],
+        typer.Option("--address", help="--engine ray: local (a private Ray on this machine's cores, the default), auto or ray://HOST:PORT.",
+                     show_default=False),
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", min=1, help="--engine ray: encoding actors (default 2).", show_default=False)
+    ] = None,
+    gpus_per_worker: Annotated[
+        Optional[float],
+        typer.Option("--gpus-per-worker", min=0, help="--engine ray: GPUs per actor (above 0: the actors encode on cuda).",
+                     show_default=False),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build the HNSW index from stored features and a Fast model (+ cached Slow memory)."""
@@ -340,7 +363,8 @@ def index_build(
     with Events() as events:
         report = ws.build_index(
             model, slow, set=set_name, name=name, M=m, ef_construction=ef_construction, ef=ef, device=device,
-            progress=events, memory=memory.value, shards=shards,
+            progress=events, memory=memory.value, shards=shards, engine=engine.value, address=address,
+            workers=workers, gpus_per_worker=gpus_per_worker,
         )
     _say(
         f"index '{report.index}': {report.items} items in {report.seconds:.1f} s"

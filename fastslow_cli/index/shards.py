@@ -39,6 +39,7 @@ from fastslow_cli.errors import FastslowError
 from fastslow_cli.index.folder import (
     MANIFEST,
     BuildReport,
+    Encoder,
     IndexChunk,
     Progress,
     SearchIndex,
@@ -51,6 +52,7 @@ from fastslow_cli.index.folder import (
     _swap_in,
     _unchanged,
     check_update,
+    local_encoder,
     read_manifest,
     workspace_of,
     write_folder,
@@ -142,21 +144,26 @@ def build_sharded_index(
     params: AnnParams | None = None,
     progress: Progress | None = None,
     memory_dtype: str = DEFAULT_DTYPE,
+    encoder: Encoder = local_encoder,
 ) -> BuildReport:
     """`build_index` into `shards` shards: every stored item whose media file exists, each
-    encoded once, into the folder of its shard; the whole folder swapped in at once."""
+    encoded once (by `encoder`: one Ray job serves every shard), into the folder of its
+    shard; the whole folder swapped in at once."""
     check_shards(shards)
     started = time.perf_counter()
     entries = store.entries()
     present = [i for i in sorted(entries) if Path(entries[i].path).exists()]
     if not present:
         raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
-    write_sharded_index(
-        directory,
-        [_encoded_chunks(store, entries, ids, fast, slow) if ids else None for ids in _split(present, shards)],
-        fast.identity, slow.identity if slow is not None else None, slow.width if slow is not None else None,
-        params or AnnParams(), str(store.directory), store.fingerprint(), progress, memory_dtype=memory_dtype,
-    )
+    groups = _split(present, shards)
+    with encoder(store, entries, [ids for ids in groups if ids], fast, slow) as streams:
+        encoded = iter(streams)
+        write_sharded_index(
+            directory,
+            [next(encoded) if ids else None for ids in groups],
+            fast.identity, slow.identity if slow is not None else None, slow.width if slow is not None else None,
+            params or AnnParams(), str(store.directory), store.fingerprint(), progress, memory_dtype=memory_dtype,
+        )
     return BuildReport(len(present), len(entries) - len(present), time.perf_counter() - started, str(directory))
 
 
