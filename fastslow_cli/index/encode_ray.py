@@ -183,7 +183,7 @@ class RayEncoder:
             {"seq": k, "task": pickle.dumps((ids, [entries[i] for i in ids]), protocol=pickle.HIGHEST_PROTOCOL)}
             for k, (_, ids) in enumerate(tasks)
         ]
-        dataset = ray.data.from_items(items)
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))  # a block per chunk: any actor takes any chunk
         device = "cuda" if self.gpus_per_worker > 0 else "cpu"
         with warnings.catch_warnings():
             # Ray 2.60 deprecates extra remote args but offers no named parameter for these two.
