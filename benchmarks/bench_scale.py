@@ -293,7 +293,10 @@ def main() -> None:
 
 ENCODE_ITEMS = {"full": 3000, "quick": 300}
 ENCODE_PART = 500
-ENCODE_RUNS = (("local", None), ("ray", 1), ("ray", 2))
+# (engine, Ray actors, cores the process may use: None = all). The local engine's torch takes a
+# thread per core it may use; a 0.5-CPU Ray actor gets one, so "local on 1 core" (taskset) is the
+# like-for-like row for one actor.
+ENCODE_RUNS = (("local", None, None), ("local", None, 1), ("ray", 1, None), ("ray", 2, None))
 
 
 def add_encode_args(parser: argparse.ArgumentParser) -> None:
@@ -338,14 +341,15 @@ def encode_workspace(ws: Path, n: int) -> dict[str, Any]:
             "fast_params": shape["fast_params"], "slow_params": shape["slow_params"], "part_rows": ENCODE_PART}
 
 
-def encode_row(ws: Path, engine: str, workers: int | None, n: int) -> dict[str, Any]:
+def encode_row(ws: Path, engine: str, workers: int | None, cores: int | None, n: int) -> dict[str, Any]:
     """One fresh `fastslow index build` process: wall time from outside, the command's own seconds."""
     import os
     import subprocess
     import sys
 
-    name = engine if workers is None else f"{engine}{workers}"
+    name = engine + (f"{workers}" if workers else "") + (f"-{cores}core" if cores else "")
     args = ["--engine", engine] + ([] if workers is None else ["--workers", str(workers)])
+    pin = [] if cores is None else ["taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:cores])]
     # A user's environment: not common's one-BLAS-thread setting (torch then takes every core
     # locally; Ray gives each 0.5-CPU actor one thread, whatever this says).
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -353,14 +357,14 @@ def encode_row(ws: Path, engine: str, workers: int | None, n: int) -> dict[str, 
                 "PYTHONPATH": os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")])})
     load = common.load_average()
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "fastslow_cli", "index", "build", "--name", name, "--device", "cpu",
+    out = subprocess.run([*pin, sys.executable, "-m", "fastslow_cli", "index", "build", "--name", name, "--device", "cpu",
                           "--json", *args], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(f"index build {' '.join(args)} failed: {out.stderr[-2000:]}")
     built = json.loads(out.stdout.splitlines()[-1])
     noise = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("index ")]
-    row = {"engine": engine, "workers": workers, "wall_s": round(wall, 1), "build_s": built["seconds"],
+    row = {"engine": engine, "workers": workers, "cores": cores or len(os.sched_getaffinity(0)), "wall_s": round(wall, 1), "build_s": built["seconds"],
            "items_per_s_wall": round(n / wall, 1), "items_per_s_build": round(n / built["seconds"], 1),
            "load_avg_before": load, "stderr_lines_besides_progress": len(noise)}
     shutil.rmtree(ws / "index" / name)
@@ -376,14 +380,15 @@ def encode_markdown(report: dict[str, Any]) -> str:
         f"{p['items']:,} synthetic items ({p['images']:,} images, {p['videos']:,} videos of {p['video_frames']} frames; "
         f"default pixel-backbone levels {p['levels']}), default-size random-init Fast ({p['fast_params']:,} parameters) "
         f"and Slow ({p['slow_params']:,}) models, int8 Slow memory, {report['machine']['cpus']} CPUs. "
-        "Each row is a fresh `fastslow index build --json` process: wall = from outside (imports and, for Ray, "
+        "Each row is a fresh `fastslow index build --json` process (cores: what it may use; 1 = pinned with taskset): "
+        "wall = from outside (imports and, for Ray, "
         "a private local Ray's start-up included); build = the command's own seconds (Ray start-up included).",
         "",
-        "| engine | actors | wall s | build s | items/s (wall) | items/s (build) | load avg before (1, 5, 15 min) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| engine | actors | cores | wall s | build s | items/s (wall) | items/s (build) | load avg before (1, 5, 15 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['engine']} | {r['workers'] or '-'} | {r['wall_s']:.1f} | {r['build_s']:.1f} | "
+        lines.append(f"| {r['engine']} | {r['workers'] or '-'} | {r['cores']} | {r['wall_s']:.1f} | {r['build_s']:.1f} | "
                      f"{r['items_per_s_wall']:.1f} | {r['items_per_s_build']:.1f} | {', '.join(map(str, r['load_avg_before']))} |")
     lines += ["", common.SHARED_NOTE, ""]
     if report.get("note"):
@@ -399,8 +404,8 @@ def run_encode(args: argparse.Namespace) -> None:
         report: dict[str, Any] = {"quick": args.quick, "machine": common.machine(), "params": encode_workspace(ws, n),
                                   "note": args.note, "rows": []}
         for _ in range(args.encode_repeats):
-            for engine, workers in ENCODE_RUNS:
-                report["rows"].append(encode_row(ws, engine, workers, n))
+            for engine, workers, cores in ENCODE_RUNS:
+                report["rows"].append(encode_row(ws, engine, workers, cores, n))
                 report["machine"]["load_avg_at_end"] = common.load_average()
                 common.save(args.out, args.name if args.name != "scale" else "encode", report, encode_markdown(report))
     finally:

@@ -148,10 +148,13 @@ class RayEncoder:
         slow: SlowRetriever | None,
     ) -> Iterator[list[Iterator[IndexChunk]]]:
         refs = (ModelRef.of(fast, "Fast"), ModelRef.of(slow, "Slow") if slow is not None else None)
+        size = chunk_size(sum(len(ids) for ids in groups), self.workers)
+        tasks = [(g, list(ids[s : s + size])) for g, ids in enumerate(groups) for s in range(0, len(ids), size)]
+        if not tasks:
+            yield [iter(()) for _ in groups]
+            return
         with ray_session(self.address) as ray:
             self._check_resources(ray)
-            size = chunk_size(sum(len(ids) for ids in groups), self.workers)
-            tasks = [(g, list(ids[s : s + size])) for g, ids in enumerate(groups) for s in range(0, len(ids), size)]
             dataset = self._dataset(ray, store, tasks, entries, refs)
             results = _results(ray, dataset, tasks)
             try:
@@ -160,13 +163,15 @@ class RayEncoder:
                 results.close()  # stops the Ray job when the writer stopped early (an error, Ctrl-C)
 
     def _check_resources(self, ray: Any) -> None:
-        """Refuse what the cluster cannot run at all (Ray would wait for it forever)."""
+        """Refuse what the cluster, as it is now, cannot place (Ray would wait for it forever;
+        an autoscaling cluster must be scaled up first)."""
         have = ray.cluster_resources()
         cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
-        if self.gpus_per_worker > 0 and gpus < self.gpus_per_worker:
+        if self.gpus_per_worker > 0 and self.workers * self.gpus_per_worker > gpus:
             raise FastslowError(
-                f"--gpus-per-worker {self.gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s): "
-                "use --gpus-per-worker 0 or a cluster with GPUs"
+                f"--workers {self.workers} x --gpus-per-worker {self.gpus_per_worker:g} needs "
+                f"{self.workers * self.gpus_per_worker:g} GPU(s), the Ray cluster has {gpus:g}: "
+                "use fewer workers, a smaller --gpus-per-worker (0: CPU), or a cluster with GPUs"
             )
         if self.workers * ACTOR_CPUS > cpus:
             most = int(cpus / ACTOR_CPUS)
@@ -190,7 +195,7 @@ class RayEncoder:
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = dataset.map_batches(
                 EncodeActor,
-                fn_constructor_args=(str(store.directory), store.fingerprint(), *refs, device),
+                fn_constructor_args=(str(store.directory.resolve()), store.fingerprint(), *refs, device),
                 compute=ray.data.ActorPoolStrategy(size=self.workers),
                 num_cpus=ACTOR_CPUS,
                 num_gpus=self.gpus_per_worker or 0,
