@@ -358,7 +358,7 @@ def encode_row(ws: Path, engine: str, workers: int | None, cores: int | None, n:
     load = common.load_average()
     start = time.perf_counter()
     out = subprocess.run([*pin, sys.executable, "-m", "fastslow_cli", "index", "build", "--name", name, "--device", "cpu",
-                          "--json", *args], capture_output=True, text=True, env=env)
+                          "--json", *args], capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(f"index build {' '.join(args)} failed: {out.stderr[-2000:]}")
