@@ -428,13 +428,16 @@ class Workspace:
         return IndexSummary(name, report.items, report.items, report.seconds, report.skipped_missing, slow_model is not None)
 
     def update_index(self, name: str | None = None, *, set: str | None = None, device: str = "auto",  # noqa: A002
-                     progress: Progress | None = None) -> IndexSummary:
+                     progress: Progress | None = None, engine: str = "local", address: str | None = None,
+                     workers: int | None = None, gpus_per_worker: float | None = None) -> IndexSummary:
         """Bring an index in line with its feature set (default: the one it was built from):
-        new items added, changed ones re-encoded, deleted ones removed; the rest is copied."""
+        new items added, changed ones re-encoded, deleted ones removed; the rest is copied.
+        `engine` and the Ray options as for `build_index`."""
         from fastslow_cli.atomic import check_writable
         from fastslow_cli.index.folder import SearchIndex, update_index
         from fastslow_cli.store.parquet import FeatureStore
 
+        encoder = _index_encoder(engine, address, workers, gpus_per_worker)
         name = name or self.default_index()
         directory = self.index_dir(name)
         index = SearchIndex.open(directory)
@@ -445,7 +448,8 @@ class Workspace:
         store.manifest()  # a clear error when the set does not exist
         _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
         report = update_index(
-            store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)
+            store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n),
+            encoder=encoder,
         )
         _index_thumbnails(store, progress)
         return IndexSummary(

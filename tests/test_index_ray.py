@@ -1,6 +1,7 @@
 """`index build --engine ray` (index/encode_ray.py): the index Ray actors encode equals the local
-engine's (items, vectors, frame vectors, Slow memory, search results), sharded or not; an
-actor's failure is one line and leaves the previous index; the CLI's options and output.
+engine's (items, vectors, frame vectors, Slow memory, search results), sharded or not, and so
+does an `index update --engine ray`; an actor's failure is one line and leaves the previous
+index; the CLI's options and output.
 
 Tiny random rows and models from conftest's `index_kit`, saved to folders (actors load models
 from where the driver did); one local Ray with 2 CPUs (`ray_local`) for the module, and one
@@ -55,13 +56,13 @@ def ws(index_kit, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ws
 
 
-def assert_same_index(ws: Path, local: str, ray: str) -> None:
+def assert_same_index(ws: Path, local: str, ray: str, count: int = ITEMS) -> None:
     """Same items (labels, ids, sources), vectors and Slow memory within float tolerance, and
     the same search and re-ranking results."""
     a, b = SearchIndex.open(ws / "index" / local), SearchIndex.open(ws / "index" / ray)
-    assert type(a) is type(b) and a.count == b.count == ITEMS
+    assert type(a) is type(b) and a.count == b.count == count
     assert a.items == b.items
-    labels = range(ITEMS)
+    labels = range(count)
     shards = list(zip(a.shards, b.shards)) if isinstance(a, ShardedIndex) else [(a, b)]
     for x, y in shards:
         np.testing.assert_allclose(y.ann.vectors(range(y.count)), x.ann.vectors(range(x.count)), atol=1e-5)
@@ -156,12 +157,41 @@ def test_ray_sharded_index_equals_local_sharded_index(ws: Path, ray_local: Any) 
     assert_same_index(ws, "local-sharded", "ray-sharded")
 
 
+def test_ray_update_equals_local_update(
+    index_kit, ws: Path, tmp_path: Path, ray_local: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`index update --engine ray`: new and changed items encoded on Ray, the rest copied, sharded or not."""
+    asked: list[list[int]] = []  # items per group each Ray encoding was given
+    run = RayEncoder.__call__
+
+    def spy(self: RayEncoder, store: FeatureStore, entries: Any, groups: Any, fast: Any, slow: Any) -> Any:
+        asked.append([len(g) for g in groups])
+        return run(self, store, entries, groups, fast, slow)
+
+    monkeypatch.setattr(RayEncoder, "__call__", spy)
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    store = FeatureStore(copy / "features" / "default")
+    media = tmp_path / "media"
+    media.mkdir()
+    index_kit.add_rows(store, media, index_kit.item_specs(6, first=ITEMS), seed=5)  # 6 new items
+    index_kit.edit_item(store, media, "item003.png", like="item000.png")  # 1 changed (now at another path)
+    for local in ("local", "local-sharded"):
+        shutil.copytree(copy / "index" / local, copy / "index" / f"{local}-ray")
+        ran = Workspace(copy).update_index(local, device="cpu")
+        rayed = Workspace(copy).update_index(f"{local}-ray", device="cpu", engine="ray", workers=1)
+        assert (ran.added, ran.updated, ran.removed) == (rayed.added, rayed.updated, rayed.removed) == (6, 1, 0)
+        assert_same_index(copy, local, f"{local}-ray", ITEMS + 6)
+    assert [sum(groups) for groups in asked] == [7, 7] and len(asked[1]) == 2  # only those 7, once; 2 shards rewritten
+
+
 def test_cli_usage_errors_and_resources(ws: Path, ray_local: Any) -> None:
     for args, flag in ((["--workers", "2"], "--workers"), (["--address", "auto"], "--address"),
                        (["--gpus-per-worker", "1"], "--gpus-per-worker")):
-        out = cli(ws, "index", "build", "--name", "never", *args)
-        assert out.returncode == 2 and flag in out.stderr and "--engine ray" in out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1
+        for command in (["index", "build", "--name", "never"], ["index", "update", "--name", "local"]):
+            out = cli(ws, *command, *args)
+            assert out.returncode == 2 and flag in out.stderr and "--engine ray" in out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1
     out = cli(ws, "index", "build", "--name", "never", "--engine", "ray", "--workers", "0")
     assert out.returncode == 2 and "--workers" in out.stderr
     # What the cluster cannot run at all is refused at once (Ray would wait for it forever).

@@ -513,6 +513,7 @@ def update_index(
     fast: FastRetriever,
     slow: SlowRetriever | None,
     progress: Progress | None = None,
+    encoder: Encoder = local_encoder,
 ) -> UpdateReport:
     """Bring an index in line with its feature set: add new items, re-encode changed ones
     (same id, another path, size, mtime or content hash), drop those gone from the store or from disk.
@@ -521,12 +522,13 @@ def update_index(
     only added and changed ones are encoded; the HNSW graph is rebuilt from all vectors by
     the same writer a build uses (docs/ARCHITECTURE.md gives the cost). Nothing is written
     when nothing changed. An index from before items recorded their sources is re-encoded whole.
-    A sharded index is updated shard by shard (`update_sharded_index`).
+    A sharded index is updated shard by shard (`update_sharded_index`). `encoder` is where the
+    encoding runs (this process, or Ray: index/encode_ray.py).
     """
     if "shards" in read_manifest(directory):
         from fastslow_cli.index.shards import update_sharded_index
 
-        return update_sharded_index(store, directory, fast, slow, progress)
+        return update_sharded_index(store, directory, fast, slow, progress, encoder)
     check_writable(directory)
     with writer_lock(directory):
         started = time.perf_counter()
@@ -547,19 +549,20 @@ def update_index(
             )
         manifest, hnsw = index.manifest, index.manifest["hnsw"]
         kept = ("created", "alpha")  # what a rebuild would lose: when it was first built, a tuned alpha
-        count = write_index(
-            directory,
-            itertools.chain(_reused_chunks(index, sorted(keep.values())), _encoded_chunks(store, live, encode, fast, slow)),
-            fast.identity,
-            slow.identity if slow is not None else None,
-            slow.width if slow is not None else None,
-            AnnParams(M=hnsw["M"], ef_construction=hnsw["ef_construction"], ef_search=hnsw["ef_search"]),
-            str(store.directory),
-            store.fingerprint(),
-            progress,
-            extra={**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            memory_dtype=index.memory_dtype,
-        )
+        with encoder(store, live, [encode], fast, slow) as (encoded,):
+            count = write_index(
+                directory,
+                itertools.chain(_reused_chunks(index, sorted(keep.values())), encoded),
+                fast.identity,
+                slow.identity if slow is not None else None,
+                slow.width if slow is not None else None,
+                AnnParams(M=hnsw["M"], ef_construction=hnsw["ef_construction"], ef_search=hnsw["ef_search"]),
+                str(store.directory),
+                store.fingerprint(),
+                progress,
+                extra={**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                memory_dtype=index.memory_dtype,
+            )
     return UpdateReport(added, len(encode) - added, removed, count, time.perf_counter() - started, str(directory))
 
 
