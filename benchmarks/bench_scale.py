@@ -258,7 +258,11 @@ def main() -> None:
                         help="also time extraction (local engine vs Ray) on this many demo-like media files")
     parser.add_argument("--extract-demo", action="store_true", help="the extraction rows on the full demo's media")
     parser.add_argument("--no-index", action="store_true", help="only the extraction rows")
+    add_encode_args(parser)
     args = parser.parse_args()
+    if args.encode:
+        run_encode(args)
+        return
     preset = QUICK if args.quick else FULL
     sizes, shard_counts = args.sizes or preset["sizes"], args.shards or preset["shards"]
     queries = args.queries or preset["queries"]
@@ -294,6 +298,140 @@ def main() -> None:
                 # Saved after every row: a long run cut short keeps the rows it finished.
                 report["machine"]["load_avg_at_end"] = common.load_average()
                 common.save(args.out, args.name, report, to_markdown(report))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- item encoding: local vs Ray (--encode)
+#
+#     python benchmarks/bench_scale.py --encode [--encode-items 3000] [--quick] [--out DIR]
+#
+# What `fastslow index build` costs per item when the models encode the items (the expensive
+# part at 100M items): the local engine against `--engine ray` with 1 and 2 actors, on one
+# synthetic feature set of default pixel-backbone shapes (two images for every 8-frame video, random
+# float16 rows in parts of 500) with default-size, randomly initialised Fast and Slow models saved
+# as folders (weights do not change the cost). Each row is a fresh `fastslow index build --json`
+# process, timed from outside (wall: interpreter, torch and, for ray, a private local Ray's start-up
+# included); `build s` is what the command itself reports (Ray start-up included, imports not).
+# Threads: the local engine's torch uses every core; each Ray actor (0.5 CPU) gets one thread.
+
+ENCODE_ITEMS = {"full": 3000, "quick": 300}
+ENCODE_PART = 500
+# (engine, Ray actors, cores the process may use: None = all). The local engine's torch takes a
+# thread per core it may use; a 0.5-CPU Ray actor gets one, so "local on 1 core" (taskset) is the
+# like-for-like row for one actor.
+ENCODE_RUNS = (("local", None, None), ("local", None, 1), ("ray", 1, None), ("ray", 2, None))
+
+
+def add_encode_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encode", action="store_true", help="item encoding throughput: local engine vs --engine ray 1 and 2 actors")
+    parser.add_argument("--encode-items", type=int, help=f"items in the synthetic feature set (default {ENCODE_ITEMS['full']}, quick {ENCODE_ITEMS['quick']})")
+    parser.add_argument("--encode-repeats", type=int, default=1, help="rounds of (local, ray 1, ray 2), interleaved")
+
+
+def encode_workspace(ws: Path, n: int) -> dict[str, Any]:
+    """The feature set `default` and models `fast` and `slow` of the `--encode` rows."""
+    from bench_search import VIDEO_FRAMES, default_models
+
+    from fastslow_cli.models.checkpoint import save_model
+    from fastslow_cli.store.parquet import FeatureRow, FeatureStore
+
+    fast, slow, _, shape = default_models(SEED)
+    shapes = [tuple(s) for s in shape["levels"]]
+    store = FeatureStore(ws / "features" / "default")
+    store.ensure({"name": "bench-synthetic"}, shapes, VIDEO_FRAMES)
+    media = ws.parent / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    for start in range(0, n, ENCODE_PART):
+        rows = []
+        for i in range(start, min(n, start + ENCODE_PART)):
+            frames = VIDEO_FRAMES if i % 3 == 2 else 1
+            path = media / f"item{i:07d}.{'mp4' if frames > 1 else 'png'}"
+            path.write_bytes(b"%d" % i)
+            rows.append(FeatureRow(
+                id=path.name, path=str(path), kind="video" if frames > 1 else "image", frames=frames,
+                timestamps=[0.5 * t for t in range(frames)], size=path.stat().st_size,
+                mtime_ns=path.stat().st_mtime_ns, content_hash=f"hash-{i}",
+                levels=[rng.standard_normal((frames, *lv)).astype(np.float16) for lv in shapes],
+            ))
+        store.append(rows)
+    features = {"fingerprint": store.fingerprint(), "set": "default"}
+    slow.model.config.finest_level = slow.model.config.resolve_finest_level()  # as training records it
+    for retriever in (fast, slow):
+        save_model(ws / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
+    videos = sum(1 for i in range(n) if i % 3 == 2)
+    return {"items": n, "images": n - videos, "videos": videos, "video_frames": VIDEO_FRAMES, "levels": shape["levels"],
+            "fast_params": shape["fast_params"], "slow_params": shape["slow_params"], "part_rows": ENCODE_PART}
+
+
+def encode_row(ws: Path, engine: str, workers: int | None, cores: int | None, n: int) -> dict[str, Any]:
+    """One fresh `fastslow index build` process: wall time from outside, the command's own seconds."""
+    import os
+    import subprocess
+    import sys
+
+    name = engine + (f"{workers}" if workers else "") + (f"-{cores}core" if cores else "")
+    args = ["--engine", engine] + ([] if workers is None else ["--workers", str(workers)])
+    pin = [] if cores is None else ["taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:cores])]
+    # A user's environment: not common's one-BLAS-thread setting (torch then takes every core
+    # locally; Ray gives each 0.5-CPU actor one thread, whatever this says).
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update({"FASTSLOW_WORKSPACE": str(ws), "FASTSLOW_ONNX_EXPORT": "0",
+                "PYTHONPATH": os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")])})
+    load = common.load_average()
+    start = time.perf_counter()
+    out = subprocess.run([*pin, sys.executable, "-m", "fastslow_cli", "index", "build", "--name", name, "--device", "cpu",
+                          "--json", *args], capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"index build {' '.join(args)} failed: {out.stderr[-2000:]}")
+    built = json.loads(out.stdout.splitlines()[-1])
+    noise = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("index ")]
+    row = {"engine": engine, "workers": workers, "cores": cores or len(os.sched_getaffinity(0)), "wall_s": round(wall, 1), "build_s": built["seconds"],
+           "items_per_s_wall": round(n / wall, 1), "items_per_s_build": round(n / built["seconds"], 1),
+           "load_avg_before": load, "stderr_lines_besides_progress": len(noise)}
+    shutil.rmtree(ws / "index" / name)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def encode_markdown(report: dict[str, Any]) -> str:
+    p = report["params"]
+    lines = [
+        "# Item encoding: `index build` local engine vs `--engine ray`",
+        "",
+        f"{p['items']:,} synthetic items ({p['images']:,} images, {p['videos']:,} videos of {p['video_frames']} frames; "
+        f"default pixel-backbone levels {p['levels']}), default-size random-init Fast ({p['fast_params']:,} parameters) "
+        f"and Slow ({p['slow_params']:,}) models, int8 Slow memory, {report['machine']['cpus']} CPUs. "
+        "Each row is a fresh `fastslow index build --json` process (cores: what it may use; 1 = pinned with taskset): "
+        "wall = from outside (imports and, for Ray, "
+        "a private local Ray's start-up included); build = the command's own seconds (Ray start-up included).",
+        "",
+        "| engine | actors | cores | wall s | build s | items/s (wall) | items/s (build) | load avg before (1, 5, 15 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {r['engine']} | {r['workers'] or '-'} | {r['cores']} | {r['wall_s']:.1f} | {r['build_s']:.1f} | "
+                     f"{r['items_per_s_wall']:.1f} | {r['items_per_s_build']:.1f} | {', '.join(map(str, r['load_avg_before']))} |")
+    lines += ["", common.SHARED_NOTE, ""]
+    if report.get("note"):
+        lines += [report["note"], ""]
+    return "\n".join(lines)
+
+
+def run_encode(args: argparse.Namespace) -> None:
+    n = args.encode_items or ENCODE_ITEMS["quick" if args.quick else "full"]
+    work = Path(tempfile.mkdtemp(prefix="bench-encode-", dir=args.work))
+    try:
+        ws = work / "ws"
+        report: dict[str, Any] = {"quick": args.quick, "machine": common.machine(), "params": encode_workspace(ws, n),
+                                  "note": args.note, "rows": []}
+        for _ in range(args.encode_repeats):
+            for engine, workers, cores in ENCODE_RUNS:
+                report["rows"].append(encode_row(ws, engine, workers, cores, n))
+                report["machine"]["load_avg_at_end"] = common.load_average()
+                common.save(args.out, args.name if args.name != "scale" else "encode", report, encode_markdown(report))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

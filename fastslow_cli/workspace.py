@@ -32,7 +32,7 @@ from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 if TYPE_CHECKING:
     from fastslow_cli.data.captioned_set import CaptionedSet, CaptionsPaths
     from fastslow_cli.features.extract import ExtractSummary
-    from fastslow_cli.index.folder import SearchIndex
+    from fastslow_cli.index.folder import Encoder, SearchIndex
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
     from fastslow_cli.search.searcher import Searcher
     from fastslow_cli.store.parquet import FeatureStore
@@ -388,12 +388,18 @@ class Workspace:
         progress: Progress | None = None,
         memory: str | None = None,
         shards: int = 1,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float | None = None,
     ) -> IndexSummary:
         """Encode every stored item with the Fast model (+ Slow memory) and write the HNSW index.
 
         `slow` None uses WORKSPACE/models/slow when it was trained; '' builds without one.
         `memory` is how the Slow memory is stored ("f16" or "int8", default int8: index/memory.py);
-        `shards` > 1 writes a sharded index (index/shards.py).
+        `shards` > 1 writes a sharded index (index/shards.py). `engine` "ray" encodes the items
+        on `workers` Ray actors (default 2) with `gpus_per_worker` GPUs each, on the Ray
+        `address` reaches (default: a private local Ray; index/encode_ray.py).
         """
         from fastslow_cli.atomic import check_writable
         from fastslow_cli.index.folder import build_index
@@ -403,6 +409,7 @@ class Workspace:
 
         memory = check_dtype(memory or DEFAULT_DTYPE)
         check_shards(shards)
+        encoder = _index_encoder(engine, address, workers, gpus_per_worker)
         store = self.store(set, progress)
         store.manifest()  # a clear error when the set does not exist
         directory = self.index_dir(name)
@@ -419,19 +426,24 @@ class Workspace:
         _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
         advance = lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)  # noqa: E731
         if shards > 1:
-            report = build_sharded_index(store, directory, fast_model, slow_model, shards, params, advance, memory)
+            report = build_sharded_index(store, directory, fast_model, slow_model, shards, params, advance, memory, encoder)
         else:
-            report = build_index(store, directory, fast_model, slow_model, params, progress=advance, memory_dtype=memory)
+            report = build_index(
+                store, directory, fast_model, slow_model, params, progress=advance, memory_dtype=memory, encoder=encoder
+            )
         return IndexSummary(name, report.items, report.items, report.seconds, report.skipped_missing, slow_model is not None)
 
     def update_index(self, name: str | None = None, *, set: str | None = None, device: str = "auto",  # noqa: A002
-                     progress: Progress | None = None) -> IndexSummary:
+                     progress: Progress | None = None, engine: str = "local", address: str | None = None,
+                     workers: int | None = None, gpus_per_worker: float | None = None) -> IndexSummary:
         """Bring an index in line with its feature set (default: the one it was built from):
-        new items added, changed ones re-encoded, deleted ones removed; the rest is copied."""
+        new items added, changed ones re-encoded, deleted ones removed; the rest is copied.
+        `engine` and the Ray options as for `build_index`."""
         from fastslow_cli.atomic import check_writable
         from fastslow_cli.index.folder import SearchIndex, update_index
         from fastslow_cli.store.parquet import FeatureStore
 
+        encoder = _index_encoder(engine, address, workers, gpus_per_worker)
         name = name or self.default_index()
         directory = self.index_dir(name)
         index = SearchIndex.open(directory)
@@ -442,7 +454,8 @@ class Workspace:
         store.manifest()  # a clear error when the set does not exist
         _emit(progress, "start", stage=f"index {name}", total=len(store.entries()))
         report = update_index(
-            store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n)
+            store, directory, fast, slow, progress=lambda n: _emit(progress, "advance", stage=f"index {name}", n=n),
+            encoder=encoder,
         )
         if not (report.added or report.updated or report.removed):
             _emit(progress, "drop", stage=f"index {name}")  # nothing was written: no bar stuck at 0
@@ -567,6 +580,26 @@ def _index_thumbnails(store: FeatureStore, progress: Progress | None) -> None:
             fill_thumbnails(store, progress=progress)
     except FastslowError as exc:
         _emit(progress, "note", message=f"thumbnails not checked: {exc}")
+
+
+def _index_encoder(engine: str, address: str | None, workers: int | None, gpus_per_worker: float | None) -> Encoder:
+    """Where `build_index` encodes the items: this process, or Ray actors (checked before any
+    model is loaded; the Ray-only options are refused with the local engine)."""
+    from fastslow_cli.index.folder import local_encoder
+
+    if engine == "local":
+        given = [flag for flag, value in (("--address", address), ("--workers", workers), ("--gpus-per-worker", gpus_per_worker))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for --engine ray (add --engine ray, or leave {'them' if len(given) > 1 else 'it'} out)")
+        return local_encoder
+    if engine != "ray":
+        raise UsageError(f"unknown --engine {engine!r}: use local or ray")
+    from fastslow_cli.index.encode_ray import DEFAULT_WORKERS, RayEncoder
+    from fastslow_cli.ray_cluster import check_address, import_ray
+
+    import_ray()  # not installed: one line now, before the models load
+    return RayEncoder(check_address(address), DEFAULT_WORKERS if workers is None else workers, gpus_per_worker or 0.0)
 
 
 def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str, Any], what: str) -> None:

@@ -113,3 +113,24 @@ def test_quick_serve_benchmark_loads_the_real_server(tmp_path: Path, served_work
     assert all(0 < r["p50_ms"] <= r["p99_ms"] and r["qps"] > 0 and 0 < r["rss_kib_after"]["anon"] < r["rss_kib_after"]["rss"]
                for r in serve["rows"])
     assert set(serve["rss_kib"]) == {"after_start", "after_warmup", "at_end"}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # it starts Ray (in its build processes): not beside the other Ray tests
+def test_quick_encode_benchmark_compares_the_engines(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, os.fspath(ROOT / "benchmarks" / "bench_scale.py"), "--encode", "--quick", "--encode-items", "40",
+         "--out", os.fspath(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "encode.json").read_text())
+    assert report["params"]["items"] == 40 and report["machine"]["load_avg_at_end"]
+    assert [(r["engine"], r["workers"], r["cores"]) for r in report["rows"]] == [
+        ("local", None, report["machine"]["cpus"]), ("local", None, 1), ("ray", 1, report["machine"]["cpus"]),
+        ("ray", 2, report["machine"]["cpus"]),
+    ]
+    assert all(r["items_per_s_build"] >= r["items_per_s_wall"] > 0 and r["stderr_lines_besides_progress"] == 0
+               for r in report["rows"])
+    assert (tmp_path / "encode.md").read_text().startswith("# Item encoding")

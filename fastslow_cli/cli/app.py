@@ -340,6 +340,31 @@ MemoryOpt = Annotated[
 ]
 
 
+class IndexEngine(str, Enum):
+    """Where `index build` / `index update` encode the items (index/encode_ray.py for ray)."""
+
+    local = "local"
+    ray = "ray"
+
+
+IndexEngineOpt = Annotated[
+    IndexEngine, typer.Option("--engine", help="Encode the items in this process (local) or on Ray actors (ray: docs/SCALE.md).")
+]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--address", help="--engine ray: local (a private Ray on this machine's cores, the default), auto or ray://HOST:PORT.",
+                 show_default=False),
+]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", min=1, help="--engine ray: encoding actors (default 2).", show_default=False)
+]
+GpusPerWorkerOpt = Annotated[
+    Optional[float],
+    typer.Option("--gpus-per-worker", min=0, help="--engine ray: GPUs per actor (above 0: the actors encode on cuda).",
+                 show_default=False),
+]
+
+
 @index_app.command("build")
 def index_build(
     workspace: WorkspaceOpt = None,
@@ -355,6 +380,10 @@ def index_build(
         int, typer.Option("--shards", min=1, max=1024, help="Split the index into N shards by a hash of the item id.")
     ] = 1,
     device: DeviceOpt = "auto",
+    engine: IndexEngineOpt = IndexEngine.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build the HNSW index from stored features and a Fast model (+ cached Slow memory)."""
@@ -364,7 +393,8 @@ def index_build(
     with Events() as events:
         report = ws.build_index(
             model, slow, set=set_name, name=name, M=m, ef_construction=ef_construction, ef=ef, device=device,
-            progress=events, memory=memory.value, shards=shards,
+            progress=events, memory=memory.value, shards=shards, engine=engine.value, address=address,
+            workers=workers, gpus_per_worker=gpus_per_worker,
         )
     _say(
         f"index '{report.index}': {report.items} items in {report.seconds:.1f} s"
@@ -383,6 +413,10 @@ def index_update(
     ] = None,
     name: UseIndexOpt = None,
     device: DeviceOpt = "auto",
+    engine: IndexEngineOpt = IndexEngine.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Bring an index in line with its feature set: add new items, re-encode changed ones, drop deleted ones."""
@@ -390,7 +424,8 @@ def index_update(
 
     ws = _workspace(workspace)
     with Events() as events:
-        report = ws.update_index(name, set=set_name, device=device, progress=events)
+        report = ws.update_index(name, set=set_name, device=device, progress=events, engine=engine.value, address=address,
+                                 workers=workers, gpus_per_worker=gpus_per_worker)
     _say(f"index '{report.index}': added {report.added}, updated {report.updated}, removed {report.removed}")
     if json_out:
         _emit_json(report.to_json())

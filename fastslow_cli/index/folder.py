@@ -31,11 +31,11 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -262,9 +262,29 @@ class IndexChunk:
     content_hashes: Sequence[str]
 
 
+def encode_table(table: FeatureTable, sources: Sequence[StoreEntry], fast: FastRetriever, slow: SlowRetriever | None) -> IndexChunk:
+    """What the models make of one loaded table: Fast item and frame vectors, Slow memories,
+    and the store entries (`sources`, one per item) the items were built from. Both engines
+    call it (`_encoded_chunks` here, the Ray actors in index/encode_ray.py)."""
+    vectors = fast.encode_items(table)
+    return IndexChunk(
+        ids=table.ids,
+        paths=table.paths,
+        kinds=table.kinds,
+        frames=np.asarray(table.frames),
+        timestamps=table.timestamps,
+        vectors=vectors,
+        frame_vectors=_frame_vectors(fast, table, vectors),
+        memories=slow.encode_items(table) if slow is not None else None,
+        sizes=[e.size for e in sources],
+        mtimes_ns=[e.mtime_ns for e in sources],
+        content_hashes=[e.content_hash for e in sources],
+    )
+
+
 def _encoded_chunks(
     store: FeatureStore,
-    entries: dict[str, StoreEntry],
+    entries: Mapping[str, StoreEntry],
     ids: Sequence[str],
     fast: FastRetriever,
     slow: SlowRetriever | None,
@@ -272,21 +292,35 @@ def _encoded_chunks(
     """Load and encode `ids` CHUNK at a time (bounded memory on large sets)."""
     for start in range(0, len(ids), CHUNK):
         table = store.load(ids[start : start + CHUNK])
-        vectors = fast.encode_items(table)
-        sources = [entries[i] for i in table.ids]
-        yield IndexChunk(
-            ids=table.ids,
-            paths=table.paths,
-            kinds=table.kinds,
-            frames=np.asarray(table.frames),
-            timestamps=table.timestamps,
-            vectors=vectors,
-            frame_vectors=_frame_vectors(fast, table, vectors),
-            memories=slow.encode_items(table) if slow is not None else None,
-            sizes=[e.size for e in sources],
-            mtimes_ns=[e.mtime_ns for e in sources],
-            content_hashes=[e.content_hash for e in sources],
-        )
+        yield encode_table(table, [entries[i] for i in table.ids], fast, slow)
+
+
+class Encoder(Protocol):
+    """Who turns id lists into `IndexChunk` streams: this process (`local_encoder`) or Ray
+    actors (index/encode_ray.py). Given groups of ids (one per shard, or one), it yields one
+    stream per group, in the group's id order and CHUNK-bounded; the writers consume the
+    streams one after the other. Leaving the context stops whatever still runs."""
+
+    def __call__(
+        self,
+        store: FeatureStore,
+        entries: Mapping[str, StoreEntry],
+        groups: Sequence[Sequence[str]],
+        fast: FastRetriever,
+        slow: SlowRetriever | None,
+    ) -> AbstractContextManager[list[Iterator[IndexChunk]]]: ...
+
+
+@contextmanager
+def local_encoder(
+    store: FeatureStore,
+    entries: Mapping[str, StoreEntry],
+    groups: Sequence[Sequence[str]],
+    fast: FastRetriever,
+    slow: SlowRetriever | None,
+) -> Iterator[list[Iterator[IndexChunk]]]:
+    """The default `Encoder`: each group loaded and encoded in this process, CHUNK at a time."""
+    yield [_encoded_chunks(store, entries, ids, fast, slow) for ids in groups]
 
 
 def _reused_chunks(index: SearchIndex, labels: Sequence[int]) -> Iterator[IndexChunk]:
@@ -429,11 +463,13 @@ def build_index(
     progress: Progress | None = None,
     ids: Sequence[str] | None = None,
     memory_dtype: str = DEFAULT_DTYPE,
+    encoder: Encoder = local_encoder,
 ) -> BuildReport:
     """Encode every stored item (or `ids`) with the Fast model (and Slow memory) and write the index.
 
     Items whose media file no longer exists are left out (a moved file was re-extracted
     under its new id). `memory_dtype` is how the Slow memory is stored (index/memory.py).
+    `encoder` is where the encoding runs (this process, or Ray: index/encode_ray.py).
     """
     started = time.perf_counter()
     entries = store.entries()
@@ -441,18 +477,19 @@ def build_index(
     present = [i for i in wanted if Path(entries[i].path).exists()] if ids is None else wanted
     if not present:
         raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
-    write_index(
-        directory,
-        _encoded_chunks(store, entries, present, fast, slow),
-        fast_identity=fast.identity,
-        slow_identity=slow.identity if slow is not None else None,
-        slow_width=slow.width if slow is not None else None,
-        params=params,
-        feature_set=str(store.directory),
-        feature_fingerprint=store.fingerprint(),
-        progress=progress,
-        memory_dtype=memory_dtype,
-    )
+    with encoder(store, entries, [present], fast, slow) as (chunks,):
+        write_index(
+            directory,
+            chunks,
+            fast_identity=fast.identity,
+            slow_identity=slow.identity if slow is not None else None,
+            slow_width=slow.width if slow is not None else None,
+            params=params,
+            feature_set=str(store.directory),
+            feature_fingerprint=store.fingerprint(),
+            progress=progress,
+            memory_dtype=memory_dtype,
+        )
     skipped = len(wanted) - len(present)
     return BuildReport(len(present), skipped, time.perf_counter() - started, str(directory))
 
@@ -476,6 +513,7 @@ def update_index(
     fast: FastRetriever,
     slow: SlowRetriever | None,
     progress: Progress | None = None,
+    encoder: Encoder = local_encoder,
 ) -> UpdateReport:
     """Bring an index in line with its feature set: add new items, re-encode changed ones
     (same id, another path, size, mtime or content hash), drop those gone from the store or from disk.
@@ -484,12 +522,13 @@ def update_index(
     only added and changed ones are encoded; the HNSW graph is rebuilt from all vectors by
     the same writer a build uses (docs/ARCHITECTURE.md gives the cost). Nothing is written
     when nothing changed. An index from before items recorded their sources is re-encoded whole.
-    A sharded index is updated shard by shard (`update_sharded_index`).
+    A sharded index is updated shard by shard (`update_sharded_index`). `encoder` is where the
+    encoding runs (this process, or Ray: index/encode_ray.py).
     """
     if "shards" in read_manifest(directory):
         from fastslow_cli.index.shards import update_sharded_index
 
-        return update_sharded_index(store, directory, fast, slow, progress)
+        return update_sharded_index(store, directory, fast, slow, progress, encoder)
     check_writable(directory)
     with writer_lock(directory):
         started = time.perf_counter()
@@ -510,19 +549,20 @@ def update_index(
             )
         manifest, hnsw = index.manifest, index.manifest["hnsw"]
         kept = ("created", "alpha")  # what a rebuild would lose: when it was first built, a tuned alpha
-        count = write_index(
-            directory,
-            itertools.chain(_reused_chunks(index, sorted(keep.values())), _encoded_chunks(store, live, encode, fast, slow)),
-            fast.identity,
-            slow.identity if slow is not None else None,
-            slow.width if slow is not None else None,
-            AnnParams(M=hnsw["M"], ef_construction=hnsw["ef_construction"], ef_search=hnsw["ef_search"]),
-            str(store.directory),
-            store.fingerprint(),
-            progress,
-            extra={**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            memory_dtype=index.memory_dtype,
-        )
+        with encoder(store, live, [encode], fast, slow) as (encoded,):
+            count = write_index(
+                directory,
+                itertools.chain(_reused_chunks(index, sorted(keep.values())), encoded),
+                fast.identity,
+                slow.identity if slow is not None else None,
+                slow.width if slow is not None else None,
+                AnnParams(M=hnsw["M"], ef_construction=hnsw["ef_construction"], ef_search=hnsw["ef_search"]),
+                str(store.directory),
+                store.fingerprint(),
+                progress,
+                extra={**{k: manifest[k] for k in kept if k in manifest}, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                memory_dtype=index.memory_dtype,
+            )
     return UpdateReport(added, len(encode) - added, removed, count, time.perf_counter() - started, str(directory))
 
 

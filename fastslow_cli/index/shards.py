@@ -39,11 +39,11 @@ from fastslow_cli.errors import FastslowError
 from fastslow_cli.index.folder import (
     MANIFEST,
     BuildReport,
+    Encoder,
     IndexChunk,
     Progress,
     SearchIndex,
     UpdateReport,
-    _encoded_chunks,
     _new_build_dir,
     _portable_model,
     _portable_path,
@@ -51,6 +51,7 @@ from fastslow_cli.index.folder import (
     _swap_in,
     _unchanged,
     check_update,
+    local_encoder,
     read_manifest,
     workspace_of,
     write_folder,
@@ -142,21 +143,26 @@ def build_sharded_index(
     params: AnnParams | None = None,
     progress: Progress | None = None,
     memory_dtype: str = DEFAULT_DTYPE,
+    encoder: Encoder = local_encoder,
 ) -> BuildReport:
     """`build_index` into `shards` shards: every stored item whose media file exists, each
-    encoded once, into the folder of its shard; the whole folder swapped in at once."""
+    encoded once (by `encoder`: one Ray job serves every shard), into the folder of its
+    shard; the whole folder swapped in at once."""
     check_shards(shards)
     started = time.perf_counter()
     entries = store.entries()
     present = [i for i in sorted(entries) if Path(entries[i].path).exists()]
     if not present:
         raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
-    write_sharded_index(
-        directory,
-        [_encoded_chunks(store, entries, ids, fast, slow) if ids else None for ids in _split(present, shards)],
-        fast.identity, slow.identity if slow is not None else None, slow.width if slow is not None else None,
-        params or AnnParams(), str(store.directory), store.fingerprint(), progress, memory_dtype=memory_dtype,
-    )
+    groups = _split(present, shards)
+    with encoder(store, entries, [ids for ids in groups if ids], fast, slow) as streams:
+        encoded = iter(streams)
+        write_sharded_index(
+            directory,
+            [next(encoded) if ids else None for ids in groups],
+            fast.identity, slow.identity if slow is not None else None, slow.width if slow is not None else None,
+            params or AnnParams(), str(store.directory), store.fingerprint(), progress, memory_dtype=memory_dtype,
+        )
     return BuildReport(len(present), len(entries) - len(present), time.perf_counter() - started, str(directory))
 
 
@@ -231,10 +237,11 @@ def update_sharded_index(
     fast: FastRetriever,
     slow: SlowRetriever | None,
     progress: Progress | None = None,
+    encoder: Encoder = local_encoder,
 ) -> UpdateReport:
     """`update_index` for a sharded index: only the shards whose items were added, changed
-    or removed are rewritten (their unchanged items copied, the rest encoded); the other
-    shards' files are hard-linked into the new folder untouched."""
+    or removed are rewritten (their unchanged items copied, the rest encoded by `encoder`);
+    the other shards' files are hard-linked into the new folder untouched."""
     check_writable(directory)
     with writer_lock(directory):
         started = time.perf_counter()
@@ -256,23 +263,26 @@ def update_sharded_index(
         hnsw = index.manifest["hnsw"]
         params = AnnParams(M=hnsw["M"], ef_construction=hnsw["ef_construction"], ef_search=hnsw["ef_search"])
         root = workspace_of(directory)
+        rewrite = [bool(plan["ids"]) and (shard is None or plan["changed"]) for shard, plan in zip(index.shards, plans)]
         tmp = _new_build_dir(directory)
         try:
             manifests: list[dict[str, Any] | None] = []
-            for number, (shard, plan) in enumerate(zip(index.shards, plans)):
-                if not plan["ids"]:
-                    manifests.append(None)
-                elif shard is not None and not plan["changed"]:
-                    _link_tree(shard.directory, tmp / shard_dir(number))
-                    manifests.append(shard.manifest)
-                else:
-                    reused = _reused_chunks(shard, sorted(plan["keep"].values())) if shard is not None else iter(())
-                    chunks = itertools.chain(reused, _encoded_chunks(store, live, plan["encode"], fast, slow))
-                    manifests.append(_write_shard(
-                        tmp, number, chunks, fast.identity, slow.identity if slow is not None else None,
-                        slow.width if slow is not None else None, params, str(store.directory), store.fingerprint(),
-                        progress, index.memory_dtype, root, directory.name,
-                    ))
+            groups = [plan["encode"] for plan, again in zip(plans, rewrite) if again]
+            with encoder(store, live, groups, fast, slow) as streams:
+                encoded = iter(streams)
+                for number, (shard, plan, again) in enumerate(zip(index.shards, plans, rewrite)):
+                    if not plan["ids"]:
+                        manifests.append(None)
+                    elif not again:
+                        _link_tree(shard.directory, tmp / shard_dir(number))
+                        manifests.append(shard.manifest)
+                    else:
+                        reused = _reused_chunks(shard, sorted(plan["keep"].values())) if shard is not None else iter(())
+                        manifests.append(_write_shard(
+                            tmp, number, itertools.chain(reused, next(encoded)), fast.identity,
+                            slow.identity if slow is not None else None, slow.width if slow is not None else None, params,
+                            str(store.directory), store.fingerprint(), progress, index.memory_dtype, root, directory.name,
+                        ))
             kept = {k: index.manifest[k] for k in ("created", "alpha") if k in index.manifest}
             base = {**_base(root, str(store.directory), store.fingerprint(), fast.identity,
                             slow.identity if slow is not None else None), **kept,
