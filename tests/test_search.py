@@ -330,3 +330,23 @@ def test_min_score_needs_calibrated_models_and_a_probability(setup: tuple[Search
         only_fast.search(QUERIES[0], rerank=3, min_score=0.5)
     with pytest.raises(UsageError, match="between 0 and 1"):
         only_fast.search(QUERIES[0], min_score=1.5)
+
+
+def test_slow_memory_of_a_model_with_an_unresolved_finest_level(index_kit, tmp_path: Path) -> None:
+    """A Slow model made without training (config `finest_level` None, e.g. saved straight
+    from a config) resolves its finest level when encoding, as its forward pass does."""
+    import torch
+
+    from fastslow_cli.models.slow import SlowConfig, SlowModel
+
+    store = index_kit.make_store(tmp_path, count=4)
+    _, trained = index_kit.make_models(store)
+    config = SlowConfig(level_shapes=[list(s) for s in store.manifest()["levels"]], vocab_size=trained.tokenizer.vocab_size,
+                        width=32, heads=2, coarse_layers=1, refine_layers=1, decoder_layers=1)
+    assert config.finest_level is None
+    slow = NativeSlow(SlowModel(config), trained.tokenizer, identity=trained.identity, device=torch.device("cpu"))
+    table = store.load(sorted(store.entries()))
+    memories = slow.encode_items(table)
+    h, w = config.level_shapes[config.resolve_finest_level()][:2]
+    assert [m.shape for m in memories] == [(int(t) * h * w, 32) for t in table.frames]
+    assert slow.score(["a red circle"], memories).shape == (1, 4)

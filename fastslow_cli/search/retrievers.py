@@ -125,7 +125,7 @@ class NativeSlow(_WordVocabulary):
 
     @torch.inference_mode()
     def encode_items(self, table: FeatureTable, batch_size: int = 64) -> list[np.ndarray]:
-        batcher = slow_batcher(table, self.model.config.finest_level)
+        batcher = slow_batcher(table, self.model.config.resolve_finest_level())
         memories = slow_item_memories(self.model, batcher, np.arange(len(table.ids)), self.device, batch_size)
         return [m.to(torch.float16).cpu().numpy() for m in memories]
 

@@ -220,7 +220,7 @@ def distill(
     model = copy.deepcopy(student).to(device)
     teacher = teacher.to(device).eval()
     s_batcher = fast_batcher(table)
-    t_batcher = slow_batcher(table, teacher.config.finest_level)
+    t_batcher = slow_batcher(table, teacher.config.resolve_finest_level())
     val = ValSet(val_pairs, args.val_items, args.val_texts, args.seed)
     validate = validator(model, student_tokenizer, table, val, device)
 
