@@ -179,6 +179,7 @@ class FeatureStore:
         self.notify = notify
         self._light_cache: dict[tuple[str, int, int], pa.Table] = {}  # parts are immutable
         self._meta_cache: dict[tuple[str, int, int], tuple[dict[str, Any], list[str]]] = {}
+        self._where_cache: tuple[tuple[tuple[str, int, int], ...], dict[str, tuple[int, int]]] | None = None
         self._lock_depth = 0
 
     # ---- layout -------------------------------------------------------------------
@@ -396,6 +397,25 @@ class FeatureStore:
                 f"cannot read feature part {part}: {one_line(exc)}; delete it and run `fastslow extract` again"
             ) from exc
 
+    def _read_rows(self, part: Path, columns: list[str], pairs: list[tuple[int, int]]) -> tuple[pa.Table, list[tuple[int, int]]]:
+        """`columns` of only the row groups that hold the wanted rows, and the (pos, row) pairs
+        renumbered to rows of that table: loading a chunk of a large compacted set reads about
+        the chunk's bytes, not the whole part (a part holds up to millions of rows)."""
+        try:
+            parquet = pq.ParquetFile(part)
+            starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+            group_of = np.searchsorted(starts, [row for _, row in pairs], side="right") - 1
+            groups = sorted(set(group_of.tolist()))
+            table = parquet.read_row_groups(groups, columns=columns)
+        except FileNotFoundError:
+            raise _vanished(part) from None
+        except (OSError, pa.ArrowException) as exc:
+            raise FastslowError(
+                f"cannot read feature part {part}: {one_line(exc)}; delete it and run `fastslow extract` again"
+            ) from exc
+        read_start = dict(zip(groups, np.cumsum([0] + [starts[g + 1] - starts[g] for g in groups]).tolist()))
+        return table, [(pos, row - int(starts[g]) + read_start[g]) for (pos, row), g in zip(pairs, group_of.tolist())]
+
     def _part_info(self, part: Path) -> tuple[dict[str, Any], list[str]]:
         """(fastslow metadata, names of the parts it replaces), cached per part."""
         key = _file_key(part)
@@ -426,6 +446,14 @@ class FeatureStore:
             self._light_cache[key] = table
         return table
 
+    def _where(self, parts: list[Path], lights: list[pa.Table]) -> dict[str, tuple[int, int]]:
+        """`_winners` of these parts, kept while the parts stay the same: an index build loads
+        the set a chunk at a time and would otherwise map every id again for each chunk."""
+        key = tuple(_file_key(part) for part in parts)
+        if self._where_cache is None or self._where_cache[0] != key:
+            self._where_cache = (key, _winners(lights))
+        return self._where_cache[1]
+
     def _entries(self, parts: list[Path]) -> dict[str, StoreEntry]:
         latest: dict[str, StoreEntry] = {}
         for part in parts:
@@ -448,7 +476,7 @@ class FeatureStore:
         shapes = [tuple(s) for s in manifest["levels"]]
         parts = self.parts()
         lights = [self._light(part) for part in parts]
-        where = _winners(lights)
+        where = self._where(parts, lights)
         wanted = sorted(where) if ids is None else list(ids)
         unknown = [i for i in wanted if i not in where]
         if unknown:
@@ -480,7 +508,7 @@ class FeatureStore:
                     f"feature part {part} has other level shapes than {self.manifest_path}: "
                     "move it out of the set and run `fastslow extract` again"
                 )
-            table = self._read(part, [f"level_{i}" for i in range(len(shapes))])
+            table, pairs = self._read_rows(part, [f"level_{i}" for i in range(len(shapes))], pairs)
             for i, shape in enumerate(shapes):
                 _scatter(table.column(i), pairs, frames, shape, levels[i], part)
         return FeatureTable(ids=wanted, paths=paths, kinds=kinds, frames=frames,
