@@ -133,14 +133,14 @@ def test_crashing_and_hanging_files_cost_one_file_each(
     shutil.copy(good_media["clip"], src / "clip.mp4")
     monkeypatch.setattr(extract_ray, "ray_outcomes", functools.partial(extract_ray.ray_outcomes, decode_fn=crash_or_hang))
     started = time.monotonic()
-    summary = _extract([src], tmp_path / "ws", frames=4, engine="ray", workers=1, timeout=2.0)
-    assert time.monotonic() - started < 60  # no retry loop on the file that killed its decoder
+    summary = _extract([src], tmp_path / "ws", frames=4, engine="ray", workers=1, timeout=5.0)
+    assert time.monotonic() - started < 300  # finished: no retry loop on the file that killed its decoder (generous: CI may share the cores)
     assert summary.extracted == 6
     errors = {Path(e["path"]).name: e for e in FeatureStore(_set_dir(tmp_path / "ws")).errors()}
     assert set(errors) == {"crash.jpg", "hang.jpg"}
     assert errors["crash.jpg"]["reason"] == "decoder crashed (SIGSEGV)"
     assert errors["crash.jpg"]["attempts"] == ["pillow: crashed (signal SIGSEGV)"]
-    assert errors["hang.jpg"]["reason"] == "decoder timed out after 2 s"
+    assert errors["hang.jpg"]["reason"] == "decoder timed out after 5 s"
 
 
 def test_actor_failure_is_one_error_line(ray_local: Any, good_media: dict, tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_actor_failure_is_one_error_line(ray_local: Any, good_media: dict, tmp_p
     with pytest.raises(FastslowError) as failed:
         list(extract_ray.ray_outcomes(plan(find_media([src]), {}), ExtractOptions(size=0, engine="ray", workers=1)))
     assert str(failed.value).startswith("--size 0") and "\n" not in str(failed.value)
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 300  # finished: no retry loop (generous: CI may share the cores)
 
 
 def test_cli_ray_extract_json_is_clean(good_media: dict, tmp_path: Path) -> None:

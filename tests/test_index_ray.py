@@ -141,7 +141,7 @@ def test_actor_failure_is_one_line_and_keeps_the_previous_index(
     message = str(caught.value)
     assert message.startswith("index build --engine ray: Ray worker ") and expected in message
     assert "\n" not in message
-    assert time.monotonic() - started < 60  # no retry loop
+    assert time.monotonic() - started < 300  # finished: no retry loop (generous: CI may share the cores)
     assert {p.name: p.read_bytes() for p in sorted(directory.iterdir())} == before
     assert not list(directory.parent.glob(".main.*-*"))  # no half-built folder left
     assert SearchIndex.open(directory).count == ITEMS
