@@ -388,31 +388,19 @@ class FeatureStore:
 
     # ---- reading ----------------------------------------------------------------------
     def _read(self, part: Path, columns: list[str]) -> pa.Table:
-        try:
+        with _reading(part):
             return pq.read_table(part, columns=columns)
-        except FileNotFoundError:
-            raise _vanished(part) from None
-        except (OSError, pa.ArrowException) as exc:
-            raise FastslowError(
-                f"cannot read feature part {part}: {one_line(exc)}; delete it and run `fastslow extract` again"
-            ) from exc
 
     def _read_rows(self, part: Path, columns: list[str], pairs: list[tuple[int, int]]) -> tuple[pa.Table, list[tuple[int, int]]]:
         """`columns` of only the row groups that hold the wanted rows, and the (pos, row) pairs
-        renumbered to rows of that table: loading a chunk of a large compacted set reads about
-        the chunk's bytes, not the whole part (a part holds up to millions of rows)."""
-        try:
+        renumbered to rows of that table: loading a chunk of a set (an index build loads it
+        2,048 ids at a time) reads about the chunk's row groups, not every part it touches whole."""
+        with _reading(part):
             parquet = pq.ParquetFile(part)
             starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
             group_of = np.searchsorted(starts, [row for _, row in pairs], side="right") - 1
             groups = sorted(set(group_of.tolist()))
             table = parquet.read_row_groups(groups, columns=columns)
-        except FileNotFoundError:
-            raise _vanished(part) from None
-        except (OSError, pa.ArrowException) as exc:
-            raise FastslowError(
-                f"cannot read feature part {part}: {one_line(exc)}; delete it and run `fastslow extract` again"
-            ) from exc
         read_start = dict(zip(groups, np.cumsum([0] + [starts[g + 1] - starts[g] for g in groups]).tolist()))
         return table, [(pos, row - int(starts[g]) + read_start[g]) for (pos, row), g in zip(pairs, group_of.tolist())]
 
@@ -715,6 +703,20 @@ def _file_key(part: Path) -> tuple[str, int, int]:
     except FileNotFoundError:
         raise _vanished(part) from None
     return part.name, st.st_mtime_ns, st.st_size
+
+
+@contextmanager
+def _reading(part: Path) -> Iterator[None]:
+    """A part deleted by a compaction since it was listed is `_PartVanished` (the read is
+    retried); any other read failure is one line naming the part and the fix."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise _vanished(part) from None
+    except (OSError, pa.ArrowException) as exc:
+        raise FastslowError(
+            f"cannot read feature part {part}: {one_line(exc)}; delete it and run `fastslow extract` again"
+        ) from exc
 
 
 def _vanished(part: Path) -> _PartVanished:
