@@ -167,12 +167,19 @@ def test_many_row_groups_load_correctly(fstore: FeatureStore, monkeypatch: pytes
             for k in range(10)]
     part = fstore.append(rows)
     assert pq.ParquetFile(part).metadata.num_row_groups > 3
-    wanted = [r.id for r in rows][::-1]
-    table = FeatureStore(fstore.directory).load(wanted)
-    for n, item_id in enumerate(wanted):
-        row = rows[int(item_id[:2])]
-        for level, expected in zip(table.levels, row.levels):
-            assert np.array_equal(bits(level[n, : row.frames]), bits(expected))
+    read_groups: list[list[int]] = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, groups, **kw: read_groups.append(list(groups)) or real(self, groups, **kw))
+    groups = pq.ParquetFile(part).metadata.num_row_groups
+    for wanted in ([r.id for r in rows][::-1], [rows[7].id, rows[1].id, rows[8].id]):  # all, reversed; a few
+        read_groups.clear()
+        table = FeatureStore(fstore.directory).load(wanted)
+        for n, item_id in enumerate(wanted):
+            row = rows[int(item_id[:2])]
+            for level, expected in zip(table.levels, row.levels):
+                assert np.array_equal(bits(level[n, : row.frames]), bits(expected))
+        assert len(read_groups) == 1 and len(read_groups[0]) <= min(groups, len(wanted))  # only the groups holding them
 
 
 def test_crash_between_part_and_manifest_is_recovered(fstore: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
