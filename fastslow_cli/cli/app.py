@@ -64,7 +64,10 @@ class Engine(str, Enum):
     torch = "torch"
 
 
-class ExtractEngine(str, Enum):
+class ComputeEngine(str, Enum):
+    """Where `extract` and `index build`/`update` do their heavy work: here, or on Ray Data
+    actors (features/extract_ray.py, index/encode_ray.py; docs/SCALE.md)."""
+
     local = "local"
     ray = "ray"
 
@@ -159,9 +162,9 @@ def extract(
         bool, typer.Option("--thumbnails/--no-thumbnails", help="Store a small JPEG per image and sampled frame.")
     ] = True,
     engine: Annotated[
-        ExtractEngine,
+        ComputeEngine,
         typer.Option(help="local: decode and run the backbone here; ray: on Ray Data actors (docs/SCALE.md)."),
-    ] = ExtractEngine.local,
+    ] = ComputeEngine.local,
     address: Annotated[
         Optional[str],
         typer.Option(
@@ -340,15 +343,8 @@ MemoryOpt = Annotated[
 ]
 
 
-class IndexEngine(str, Enum):
-    """Where `index build` / `index update` encode the items (index/encode_ray.py for ray)."""
-
-    local = "local"
-    ray = "ray"
-
-
 IndexEngineOpt = Annotated[
-    IndexEngine, typer.Option("--engine", help="Encode the items in this process (local) or on Ray actors (ray: docs/SCALE.md).")
+    ComputeEngine, typer.Option("--engine", help="Encode the items in this process (local) or on Ray actors (ray: docs/SCALE.md).")
 ]
 AddressOpt = Annotated[
     Optional[str],
@@ -380,7 +376,7 @@ def index_build(
         int, typer.Option("--shards", min=1, max=1024, help="Split the index into N shards by a hash of the item id.")
     ] = 1,
     device: DeviceOpt = "auto",
-    engine: IndexEngineOpt = IndexEngine.local,
+    engine: IndexEngineOpt = ComputeEngine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
@@ -413,7 +409,7 @@ def index_update(
     ] = None,
     name: UseIndexOpt = None,
     device: DeviceOpt = "auto",
-    engine: IndexEngineOpt = IndexEngine.local,
+    engine: IndexEngineOpt = ComputeEngine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
