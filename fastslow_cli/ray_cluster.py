@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -95,3 +96,32 @@ def quiet_ray_data() -> None:
         if hasattr(context, attr):
             setattr(context, attr, False)
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def map_on_actors(dataset: Any, actor: type, *, workers: int, gpus_per_worker: float, **kwargs: Any) -> Any:
+    """`dataset.map_batches(actor, **kwargs)` on a pool of `workers` actors (ACTOR_CPUS CPUs
+    and `gpus_per_worker` GPUs each) that Ray never restarts or retries: the actors keep the
+    failures they can survive to themselves (a decoder crash stays in its process, an
+    encoder error comes back as a row), so a failure Ray sees is one to report, not repeat."""
+    import ray.data
+
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates `ray_remote_args` but names no other way to turn off actor
+        # restarts and task retries: keep its warning off our stderr.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mapped = dataset.map_batches(
+            actor,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=ACTOR_CPUS,
+            num_gpus=gpus_per_worker or None,
+            max_restarts=0,
+            max_task_retries=0,
+            **kwargs,
+        )
+    context = mapped.context  # this job's, not the session's: a reused Ray keeps its own settings
+    for name, value in (("actor_task_retry_on_errors", False), ("actor_init_retry_on_errors", False),
+                        ("max_consecutive_actor_init_deaths", 0), ("max_errored_blocks", 0)):
+        if hasattr(context, name):
+            setattr(context, name, value)
+    return mapped

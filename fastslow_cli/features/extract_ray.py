@@ -22,7 +22,6 @@ import logging
 import math
 import pickle
 import re
-import warnings
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,7 @@ from fastslow_cli.features.backbones import load_backbone
 from fastslow_cli.features.extract import ExtractOptions, Outcome, Plan, _batches, outcomes
 from fastslow_cli.media.discover import MediaFile
 from fastslow_cli.media.pool import DecodeFn, DecodePool
-from fastslow_cli.ray_cluster import ACTOR_CPUS, ray_session
+from fastslow_cli.ray_cluster import map_on_actors, ray_session
 
 # Items per Ray task and per output block: small, so work spreads over the actors and the
 # driver gets rows (and can append a part) every few items; each costs Ray about a
@@ -88,16 +87,6 @@ def _rows(todo: Sequence[MediaFile], hashes: dict[str, str]) -> list[dict[str, A
     ]
 
 
-def _no_retries(ray: Any) -> None:
-    """An actor or task failure is not a decoder crash (those stay inside the actor's
-    pool): fail the run instead of letting Ray retry it, perhaps forever."""
-    context = ray.data.DataContext.get_current()
-    context.actor_task_retry_on_errors = False
-    context.actor_init_retry_on_errors = False
-    context.max_consecutive_actor_init_deaths = 0
-    context.max_errored_blocks = 0
-
-
 @contextmanager
 def _ray_data_errors_silenced() -> Iterator[None]:
     """Ray Data logs a failed run with a traceback on stderr; we report it in one line."""
@@ -138,24 +127,17 @@ def ray_outcomes(
     """Decode and featurise `work.todo` on Ray actors; one group of outcomes per Ray task,
     as they finish. `decode_fn` replaces the decoder (as for `DecodePool`)."""
     with ray_session(options.address) as ray, _ray_data_errors_silenced():
-        _no_retries(ray)
         blocks = max(1, math.ceil(len(work.todo) / ITEMS_PER_TASK))
         items = ray.data.from_items(_rows(work.todo, work.hashes), override_num_blocks=blocks)
-        with warnings.catch_warnings():
-            # Ray 2.60 deprecates `ray_remote_args` but names no other way to turn off
-            # actor restarts and task retries: keep its warning off our stderr.
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-            dataset = items.map_batches(
-                ExtractActor,
-                fn_constructor_kwargs={"options": options, "decode_fn": decode_fn},
-                compute=ray.data.ActorPoolStrategy(size=min(options.workers, blocks)),  # no idle actors
-                num_cpus=ACTOR_CPUS,
-                num_gpus=options.gpus_per_worker or None,
-                batch_size=ITEMS_PER_TASK,
-                batch_format="numpy",
-                max_restarts=0,
-                max_task_retries=0,
-            )
+        dataset = map_on_actors(
+            items,
+            ExtractActor,
+            workers=min(options.workers, blocks),  # no idle actors
+            gpus_per_worker=options.gpus_per_worker,
+            fn_constructor_kwargs={"options": options, "decode_fn": decode_fn},
+            batch_size=ITEMS_PER_TASK,
+            batch_format="numpy",
+        )
         batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
         try:
             while True:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import numpy as np
 
 from fastslow_cli.errors import FastslowError, UsageError, one_line
 from fastslow_cli.index.folder import CHUNK, IndexChunk, encode_table
-from fastslow_cli.ray_cluster import ACTOR_CPUS, ray_session
+from fastslow_cli.ray_cluster import ACTOR_CPUS, map_on_actors, ray_session
 from fastslow_cli.store.parquet import FeatureStore, StoreEntry
 
 if TYPE_CHECKING:
@@ -190,24 +189,15 @@ class RayEncoder:
         ]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))  # a block per chunk: any actor takes any chunk
         device = "cuda" if self.gpus_per_worker > 0 else "cpu"
-        with warnings.catch_warnings():
-            # Ray 2.60 deprecates extra remote args but offers no named parameter for these two.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            dataset = dataset.map_batches(
-                EncodeActor,
-                fn_constructor_args=(str(store.directory.resolve()), store.fingerprint(), *refs, device),
-                compute=ray.data.ActorPoolStrategy(size=self.workers),
-                num_cpus=ACTOR_CPUS,
-                num_gpus=self.gpus_per_worker or 0,
-                batch_size=1,
-                max_restarts=0,
-                max_task_retries=0,
-            )
-        context = dataset.context
-        context.execution_options.preserve_order = True
-        context.max_errored_blocks = 0
-        if hasattr(context, "max_consecutive_actor_init_deaths"):
-            context.max_consecutive_actor_init_deaths = 0
+        dataset = map_on_actors(
+            dataset,
+            EncodeActor,
+            workers=self.workers,
+            gpus_per_worker=self.gpus_per_worker,
+            fn_constructor_args=(str(store.directory.resolve()), store.fingerprint(), *refs, device),
+            batch_size=1,
+        )
+        dataset.context.execution_options.preserve_order = True
         return dataset
 
 
