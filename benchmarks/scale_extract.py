@@ -109,7 +109,7 @@ def driver_cost(set_dir: Path, scratch: Path, flush: int = 64) -> dict[str, floa
                          size=e.size, mtime_ns=e.mtime_ns, content_hash=e.content_hash,
                          levels=[lv[i, :t] for lv in table.levels])
         thumbs = [files.path(entry_key(e), f).read_bytes() for f in range(files.count(entry_key(e)))]
-        item = MediaFile(id=item_id, path=Path(e.path), kind=e.kind, size=e.size, mtime_ns=e.mtime_ns)
+        item = MediaFile(id=item_id, path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns)
         blobs.append((entry_key(e), pickle.dumps(Outcome(item, row, thumbs), protocol=pickle.HIGHEST_PROTOCOL)))
     target = FeatureStore(scratch / "features" / "default")
     target.ensure(manifest["backbone"], [tuple(s) for s in manifest["levels"]], manifest["frames"])

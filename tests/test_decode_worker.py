@@ -27,38 +27,38 @@ REPO = Path(__file__).resolve().parents[1]
 
 def crash_in_decord(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
     """SIGSEGV when decord is asked for a file named *crash*; PyAV works."""
-    if "crash" in item.path.name and decoder == "decord":
+    if "crash" in item.name and decoder == "decord":
         os.kill(os.getpid(), signal.SIGSEGV)
     return decode(item, size, frames, decoder)
 
 
 def crash_always(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
     """SIGSEGV on *crash* files, SIGABRT on *abort* files, whatever the decoder."""
-    if "crash" in item.path.name:
+    if "crash" in item.name:
         os.kill(os.getpid(), signal.SIGSEGV)
-    if "abort" in item.path.name:
+    if "abort" in item.name:
         os.abort()
     return decode(item, size, frames, decoder)
 
 
 def hang_in_decord(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
     """Sleeps far past any test timeout when decord is asked for a *hang* file."""
-    if "hang" in item.path.name and decoder == "decord":
+    if "hang" in item.name and decoder == "decord":
         time.sleep(120)
     return decode(item, size, frames, decoder)
 
 
 def slow_first(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
     """Delays *slow* files so later items finish first and must be held back."""
-    if "slow" in item.path.name:
+    if "slow" in item.name:
         time.sleep(0.5)
     return decode(item, size, frames, decoder)
 
 
 def hang_and_tell(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
     """On *hang* files: writes this worker's pid next to the file, then hangs."""
-    if "hang" in item.path.name:
-        item.path.with_suffix(f".{os.getpid()}.pid").write_text("")
+    if "hang" in item.name:
+        Path(item.path).with_suffix(f".{os.getpid()}.pid").write_text("")
         time.sleep(120)
     return decode(item, size, frames, decoder)
 
@@ -107,7 +107,7 @@ def test_good_and_broken_files_in_input_order(media_dir):
     assert not _wait_gone(pids)
     for r in results:
         assert r.attempts
-        if r.item.path.parent.name == "broken":
+        if Path(r.item.path).parent.name == "broken":
             assert r.decoded is None and r.error and "\n" not in r.error, r
             # videos: decord failed, then PyAV was tried; images: Pillow once
             assert [a.split(":")[0] for a in r.attempts] == (
@@ -118,7 +118,7 @@ def test_good_and_broken_files_in_input_order(media_dir):
             assert r.decoded.frames.shape[1:] == (16, 16, 3)
             assert r.attempts == [f"{r.decoded.decoder}: ok"]
             assert r.decoded.decoder == ("decord" if r.item.kind == "video" else "pillow")
-    by_name = {r.item.path.name: r for r in results}
+    by_name = {r.item.name: r for r in results}
     assert by_name["empty.mp4"].error == "empty file"
     assert by_name["no_frames.mp4"].error == "no decodable frames"
     assert len(by_name["short.mp4"].decoded.frames) == 3
@@ -138,7 +138,7 @@ def test_crash_in_every_decoder_is_an_error_and_the_run_goes_on(tmp_path, good_m
     items = _copies(good_media["clip"], tmp_path, names)
     with DecodePool(size=16, frames=2, workers=1, decode_fn=crash_always) as pool:
         results = list(pool.imap(items))
-    assert [r.item.path.name for r in results] == names
+    assert [r.item.name for r in results] == names
     crash, fine1, abort, fine2 = results
     assert crash.decoded is None and crash.error == "decoder crashed (SIGSEGV)"
     assert crash.attempts == ["decord: crashed (signal SIGSEGV)", "av: crashed (signal SIGSEGV)"]

@@ -21,7 +21,7 @@ VIDEO_DECODERS = [decode_video_decord, decode_video_av]
 
 def _item(path: Path, kind: str) -> MediaFile:
     st = path.stat()
-    return MediaFile(path.name, path.resolve(), kind, st.st_size, st.st_mtime_ns)
+    return MediaFile(path.name, path.resolve().as_posix(), kind, st.st_size, st.st_mtime_ns)
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
@@ -44,16 +44,17 @@ def test_find_media_lists_every_media_file_once_sorted(media_dir, good_media):
     assert _rel(found, root) == expected  # hidden folder and notes.txt left out
     assert find_media([root]) == found  # stable
     for m in found:
-        assert m.path.is_absolute() and m.id == m.path.as_posix() and m.path == m.path.resolve()
-        assert m.kind == ("image" if m.path.suffix in IMAGE_EXTS else "video")
-        st = m.path.stat()
+        path = Path(m.path)
+        assert path.is_absolute() and m.id == m.path and path == path.resolve()
+        assert m.kind == ("image" if path.suffix in IMAGE_EXTS else "video")
+        st = path.stat()
         assert (m.size, m.mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
 def test_extensions_are_case_insensitive_and_others_ignored(tmp_path):
     for name in ["A.JPG", "b.Mp4", "c.WebM", "d.txt", "e.jpg.bak", "f.MKV"]:
         _touch(tmp_path / name)
-    assert [(m.path.name, m.kind) for m in find_media([tmp_path])] == [
+    assert [(m.name, m.kind) for m in find_media([tmp_path])] == [
         ("A.JPG", "image"),
         ("b.Mp4", "video"),
         ("c.WebM", "video"),
@@ -71,7 +72,7 @@ def test_symlink_to_file_is_followed_and_counted_once(tmp_path):
     (links / "dangling.png").symlink_to(tmp_path / "missing.png")
     only_links = find_media([links])
     assert [m.id for m in only_links] == [real.resolve().as_posix()]  # the id is the real file's
-    assert only_links[0].path == real.resolve() and only_links[0].size == len(b"png bytes")
+    assert only_links[0].path == real.resolve().as_posix() and only_links[0].size == len(b"png bytes")
     # Walking both folders: the same real file once.
     assert [m.id for m in find_media([tmp_path])] == [real.resolve().as_posix()]
 
@@ -95,7 +96,7 @@ def test_roots_in_given_order_and_file_root_uses_its_name(tmp_path):
     single = _touch(tmp_path / "deep" / "dir" / "pic.png")
     _touch(tmp_path / "readme.md")
     found = find_media([tmp_path / "z", single, tmp_path / "readme.md"])
-    assert [m.path.name for m in found] == ["clip.mp4", "pic.png"]
+    assert [m.name for m in found] == ["clip.mp4", "pic.png"]
 
 
 def test_missing_root_is_an_error_naming_it(tmp_path):

@@ -140,7 +140,9 @@ def _note(event: dict[str, Any]) -> None:
 
 @app.command()
 def extract(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders to scan recursively.", show_default=False)],
+    paths: Annotated[
+        list[str], typer.Argument(help="Files or folders to scan recursively, or URLs (s3://bucket/videos).", show_default=False)
+    ],
     workspace: WorkspaceOpt = None,
     set_name: SetOpt = "default",
     backbone: Annotated[

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 from collections.abc import Callable, Collection, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from fastslow_cli.media.pool import DecodePool, DecodeResult
 from fastslow_cli.features.backbones import Backbone, load_backbone
 from fastslow_cli.media.decode import THUMB_SIZE
 from fastslow_cli.media.discover import MediaFile, find_media
+from fastslow_cli.media.location import is_folder, is_url, known_gone, open_input
+from fastslow_cli.media.location import stat as location_stat
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, StoreEntry
 from fastslow_cli.store.thumbs import ThumbnailFiles, entry_key, thumb_key
 from fastslow_cli.workspace import Workspace
@@ -93,13 +95,32 @@ class ExtractSummary:
 Progress = Callable[[dict[str, Any]], None]  # receives dict events (docs/ARCHITECTURE.md, "Events")
 
 
-def file_hash(path: Path) -> str:
+def file_hash(location: str | os.PathLike[str]) -> str:
     """blake2b-128 of the file bytes: lets a renamed or touched file reuse its features."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
+    with open_input(os.fspath(location)) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# Objects are hashed this many at a time: each is a network stream, mostly waiting.
+HASH_THREADS = 8
+
+
+def _hashes(items: Sequence[MediaFile]) -> list[str | None]:
+    """Each item's content hash, or None when it cannot be read (the decoder will say why)."""
+
+    def one(item: MediaFile) -> str | None:
+        try:
+            return file_hash(item.path)
+        except OSError:
+            return None
+
+    if not any(is_url(m.path) for m in items):
+        return [one(m) for m in items]
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        return list(pool.map(one, items))
 
 
 @dataclass
@@ -120,14 +141,15 @@ def plan(items: Sequence[MediaFile], entries: dict[str, StoreEntry]) -> Plan:
     reusable: list[tuple[MediaFile, str, StoreEntry]] = []
     todo: list[MediaFile] = []
     hashes: dict[str, str] = {}
+    changed: list[MediaFile] = []
     for item in items:
         stored = entries.get(item.id)
         if stored is not None and stored.size == item.size and stored.mtime_ns == item.mtime_ns:
             unchanged.append(item)
-            continue
-        try:
-            digest = file_hash(item.path)
-        except OSError:
+        else:
+            changed.append(item)
+    for item, digest in zip(changed, _hashes(changed)):
+        if digest is None:
             todo.append(item)  # the decoder will report why it cannot read it
             continue
         source = by_hash.get(digest)
@@ -139,22 +161,23 @@ def plan(items: Sequence[MediaFile], entries: dict[str, StoreEntry]) -> Plan:
     return Plan(unchanged, reusable, todo, hashes)
 
 
-def vanished(roots: Sequence[Path], found: Sequence[MediaFile], entries: dict[str, StoreEntry]) -> list[str]:
-    """Ids of stored items under a scanned root (a folder, or a file named directly) whose
-    file is no longer there: deleted, or moved (found again under its new id).
+def vanished(roots: Sequence[str], found: Sequence[MediaFile], entries: dict[str, StoreEntry]) -> list[str]:
+    """Ids of stored items under a scanned root (a folder, or a file named directly; resolved
+    paths or URLs) whose file is no longer there: deleted, or moved (found again under its new id).
 
     Items outside the roots are left alone, and so is a file that still exists but was not
     listed (e.g. in a folder that became unreadable): only a file that is gone is dropped.
     """
     found_ids = {m.id for m in found}
-    folders = [f"{root.as_posix().rstrip('/')}/" for root in roots if root.is_dir()]
-    files = {root.as_posix() for root in roots if not root.is_dir()}
+    kinds = [(root.rstrip("/"), is_folder(root)) for root in roots]
+    folders = tuple(f"{root}/" for root, folder in kinds if folder)
+    files = {root for root, folder in kinds if not folder}
     gone = []
     for item_id, entry in entries.items():
-        if item_id in found_ids or not (entry.path in files or entry.path.startswith(tuple(folders))):
+        if item_id in found_ids or not (entry.path in files or entry.path.startswith(folders)):
             continue
         try:
-            os.stat(entry.path)
+            location_stat(entry.path)
         except (FileNotFoundError, NotADirectoryError):
             gone.append(item_id)
         except OSError:  # e.g. permission denied: it may well be there
@@ -174,7 +197,7 @@ def _featurise(results: Sequence[DecodeResult], backbone: Backbone, hashes: dict
         rows.append(
             FeatureRow(
                 id=item.id,
-                path=str(item.path),
+                path=item.path,
                 kind=r.decoded.kind,  # by content: an MP4 named .jpg is a video
                 frames=t,
                 timestamps=[float(x) for x in r.decoded.timestamps],
@@ -219,13 +242,11 @@ def _batches(
 
 
 ENGINES = ("local", "ray")
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
-def check_engine(paths: Sequence[str], options: ExtractOptions) -> None:
+def check_engine(options: ExtractOptions) -> None:
     """Refuse what the chosen engine cannot do, before any work: Ray-only options with the
-    local engine, and object-store URLs (every worker reads media at a local path, and
-    thumbnails, `serve` and `index update` need them at a path too)."""
+    local engine."""
     if options.engine not in ENGINES:
         raise UsageError(f"unknown --engine {options.engine!r}: use local or ray")
     if options.engine == "local":
@@ -235,16 +256,15 @@ def check_engine(paths: Sequence[str], options: ExtractOptions) -> None:
             raise UsageError("--address needs --engine ray (the local engine runs on this machine)")
     if options.gpus_per_worker < 0:
         raise UsageError(f"--gpus-per-worker must be 0 or more, got {options.gpus_per_worker:g}")
-    for p in paths:  # s3://b/x, or s3:/b/x once a shell or Path() folded the slashes
-        if _URL.match(str(p)) and not os.path.exists(p):
-            raise UsageError(
-                f"{p}: URLs are not supported as media paths: mount the bucket (mountpoint-s3, gcsfuse) "
-                "at the same path on every worker and pass the mount path"
-            )
+
+
+def _roots(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The scanned roots as items name them: resolved absolute paths, or URLs as given."""
+    return [os.fspath(p) if is_url(p) else Path(p).expanduser().resolve().as_posix() for p in paths]
 
 
 def run_extract(
-    paths: Sequence[str],
+    paths: Sequence[str | os.PathLike[str]],
     workspace: Workspace,
     options: ExtractOptions,
     progress: Progress | None = None,
@@ -258,9 +278,9 @@ def run_extract(
     """
     emit = progress or _ignore
     started = time.perf_counter()
-    check_engine(paths, options)
-    items = find_media([Path(p) for p in paths])
-    roots = [Path(p).expanduser().resolve() for p in paths]
+    check_engine(options)
+    items = find_media(paths)
+    roots = _roots(paths)
     backbone = load_backbone(options.backbone, size=options.size, device=options.device)
     store = FeatureStore(workspace.features_dir(options.set_name), notify=emit)
     summary = ExtractSummary(
@@ -311,19 +331,19 @@ def fill_thumbnails(
     size, frames = int(manifest["backbone"].get("input_size", THUMB_SIZE)), int(manifest["frames"])
     files = ThumbnailFiles(store.directory)
     entries = store.entries()
-    todo = [e for e in files.missing(entries.values()) if (only is None or e.id in only) and os.path.exists(e.path)]
+    todo = [e for e in files.missing(entries.values()) if (only is None or e.id in only) and not known_gone(e.path)]
     done = 0
     if todo:
         stage = f"thumbnails {store.directory.name}"
         emit({"event": "start", "stage": stage, "total": len(todo)})
         by_id = {e.id: e for e in todo}
-        media = [MediaFile(id=e.id, path=Path(e.path), kind=e.kind, size=e.size, mtime_ns=e.mtime_ns) for e in todo]
+        media = [MediaFile(id=e.id, path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns) for e in todo]
         with DecodePool(size=size, frames=frames, decoder=decoder, workers=workers, timeout=timeout, thumbnails=True) as pool:
             for r in pool.imap(media):
                 if r is None:
                     continue
                 if r.decoded is None or not r.decoded.thumbnails:
-                    emit({"event": "warning", "path": str(r.item.path), "message": f"no thumbnails: {r.error}"})
+                    emit({"event": "warning", "path": r.item.path, "message": f"no thumbnails: {r.error}"})
                     files.mark_failed(entry_key(by_id[r.item.id]))
                 else:
                     files.put(entry_key(by_id[r.item.id]), r.decoded.thumbnails)
@@ -346,7 +366,7 @@ def _reused_rows(store: FeatureStore, reusable: Sequence[tuple[MediaFile, str, S
         rows.append(
             FeatureRow(
                 id=item.id,
-                path=str(item.path),
+                path=item.path,
                 kind=table.kinds[i],
                 frames=t,
                 timestamps=list(table.timestamps[i]),
@@ -436,7 +456,7 @@ def _decode_and_store(
     try:
         for group in groups:
             for o in group:
-                path = str(o.item.path)
+                path = o.item.path
                 if o.row is None:
                     reason = o.error or "unknown decoding error"
                     store.record_error(o.item.id, path, reason, o.attempts)

@@ -12,8 +12,9 @@ itself is therefore a real error, and Ray is told not to retry it (no restarts, 
 retries, no errored blocks allowed): it ends the run with one line, the rows already
 appended are kept and a rerun goes on from there.
 
-Media are read by the workers at the paths the driver found, so on a cluster they must be
-on a filesystem mounted at the same path on every node (docs/SCALE.md).
+Media are read by the workers at the paths or URLs the driver found: on a cluster, give URLs
+(s3://, gs://: each actor fetches its objects itself, media/location.py) or a filesystem
+mounted at the same path on every node (docs/SCALE.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import pickle
 import re
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from fastslow_cli.errors import FastslowError, UsageError
@@ -62,7 +62,7 @@ class ExtractActor:
         import pyarrow as pa
 
         items = [
-            MediaFile(id=str(i), path=Path(str(p)), kind=str(k), size=int(s), mtime_ns=int(m))
+            MediaFile(id=str(i), path=str(p), kind=str(k), size=int(s), mtime_ns=int(m))
             for i, p, k, s, m in zip(batch["id"], batch["path"], batch["kind"], batch["size"], batch["mtime_ns"])
         ]
         hashes = {str(i): str(h) for i, h in zip(batch["id"], batch["content_hash"])}
@@ -81,7 +81,7 @@ class ExtractActor:
 def _rows(todo: Sequence[MediaFile], hashes: dict[str, str]) -> list[dict[str, Any]]:
     """The items as Ray Data rows: what an actor needs to rebuild each `MediaFile`."""
     return [
-        {"id": m.id, "path": str(m.path), "kind": m.kind, "size": m.size, "mtime_ns": m.mtime_ns,
+        {"id": m.id, "path": m.path, "kind": m.kind, "size": m.size, "mtime_ns": m.mtime_ns,
          "content_hash": hashes.get(m.id, "")}
         for m in todo
     ]

@@ -45,6 +45,7 @@ from fastslow_cli.index.hnsw import AnnIndex, AnnParams
 from fastslow_cli.index.memory import DEFAULT_DTYPE, FILES as MEMORY_FILES, MemoryWriter, StoredMemory, check_dtype
 from fastslow_cli.atomic import atomic_path, atomic_write_json, check_writable, fsync_dir
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.media.location import known_gone
 from fastslow_cli.store.parquet import FeatureStore, FeatureTable, StoreEntry
 
 if TYPE_CHECKING:
@@ -474,7 +475,7 @@ def build_index(
     started = time.perf_counter()
     entries = store.entries()
     wanted = sorted(entries) if ids is None else list(ids)
-    present = [i for i in wanted if Path(entries[i].path).exists()] if ids is None else wanted
+    present = [i for i in wanted if not known_gone(entries[i].path)] if ids is None else wanted
     if not present:
         raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
     with encoder(store, entries, [present], fast, slow) as (chunks,):
@@ -534,7 +535,7 @@ def update_index(
         started = time.perf_counter()
         index = SearchIndex.open(directory)
         check_update(index, store, fast, slow)
-        live = {i: e for i, e in store.entries().items() if Path(e.path).exists()}
+        live = {i: e for i, e in store.entries().items() if not known_gone(e.path)}
         keep = _unchanged(index.items, live)
         known = set(index.items["id"])
         encode = sorted(i for i in live if i not in keep)

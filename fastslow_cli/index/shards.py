@@ -59,6 +59,7 @@ from fastslow_cli.index.folder import (
 )
 from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.index.memory import DEFAULT_DTYPE, check_dtype
+from fastslow_cli.media.location import known_gone
 from fastslow_cli.store.parquet import FeatureStore, StoreEntry
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def build_sharded_index(
     check_shards(shards)
     started = time.perf_counter()
     entries = store.entries()
-    present = [i for i in sorted(entries) if Path(entries[i].path).exists()]
+    present = [i for i in sorted(entries) if not known_gone(entries[i].path)]
     if not present:
         raise FastslowError(f"feature set {store.directory} has no items to index: run `fastslow extract PATH` first")
     groups = _split(present, shards)
@@ -248,7 +249,7 @@ def update_sharded_index(
         index = ShardedIndex.open(directory)
         check_update(index, store, fast, slow)
         entries = store.entries()
-        live = {i: e for i, e in entries.items() if Path(e.path).exists()}
+        live = {i: e for i, e in entries.items() if not known_gone(e.path)}
         if not live:
             raise FastslowError(
                 f"feature set {store.directory} has no item left whose media file exists: "

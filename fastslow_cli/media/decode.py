@@ -16,7 +16,8 @@ import functools
 import io
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +27,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fastslow_cli.errors import FastslowError
 
+from fastslow_cli.media import location
 from fastslow_cli.media.discover import MediaFile
+from fastslow_cli.media.location import is_url
 
 DECODERS: tuple[str, ...] = ("decord", "av")
 
@@ -449,19 +452,39 @@ def decode(item: MediaFile, size: int, frames: int, decoder: str, thumbnail: int
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
-    if item.kind == "image":
+    if not is_url(item.path):
+        return _decode_file(Path(item.path), item.kind, size, frames, decoder, thumbnail)
+    with _fetched(item.path) as local:
+        return _decode_file(local, item.kind, size, frames, decoder, thumbnail)
+
+
+@contextmanager
+def _fetched(url: str) -> Iterator[Path]:
+    """A local copy of an object for the decoders (location.local_copy), its failures as MediaError."""
+    with ExitStack() as stack:
         try:
-            return decode_image(item.path, size, thumbnail)
+            local = stack.enter_context(location.local_copy(url))
+        except FileNotFoundError:
+            raise MediaError("object not found (moved or deleted?)") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to fetch costs this item only
+            raise MediaError(f"cannot fetch it: {_reason(exc)}") from None
+        yield Path(local)
+
+
+def _decode_file(path: Path, kind: str, size: int, frames: int, decoder: str, thumbnail: int) -> Decoded:
+    if kind == "image":
+        try:
+            return decode_image(path, size, thumbnail)
         except NotAnImage as not_image:
             try:
-                return decode_video_av(item.path, size, frames, thumbnail)
+                return decode_video_av(path, size, frames, thumbnail)
             except MediaError as exc:
                 raise MediaError(f"{not_image}, nor can PyAV decode it as a video ({exc})") from None
-    if looks_like_image(item.path):
-        return decode_image(item.path, size, thumbnail)
+    if looks_like_image(path):
+        return decode_image(path, size, thumbnail)
     if decoder == "decord":
-        return decode_video_decord(item.path, size, frames, thumbnail)
-    return decode_video_av(item.path, size, frames, thumbnail)
+        return decode_video_decord(path, size, frames, thumbnail)
+    return decode_video_av(path, size, frames, thumbnail)
 
 
 def decode_with_thumbnails(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:

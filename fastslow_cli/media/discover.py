@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.media.location import check_location, is_url, list_files
 
 IMAGE_EXTS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
@@ -18,16 +19,21 @@ VIDEO_EXTS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi",
 
 @dataclass(frozen=True)
 class MediaFile:
-    """One media file found on disk; `id` (its resolved absolute POSIX path) is its key in the
-    feature store: two different files never share one, whichever roots they came from.
+    """One media file found; `id` is its key in the feature store and `path` where any process
+    reads it (media/location.py): both the resolved absolute POSIX path of a local file, or the
+    URL of an object. Two different files never share one, whichever roots they came from.
     `kind` is guessed from the extension; the decoder records the real one."""
 
     id: str
-    path: Path
+    path: str
     kind: str
     size: int
     mtime_ns: int
 
+    @property
+    def name(self) -> str:
+        """The file name (the last part of the path or URL)."""
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def media_kind(path: str | os.PathLike[str]) -> str | None:
@@ -50,11 +56,20 @@ def find_media(roots: Sequence[str | os.PathLike[str]]) -> list[MediaFile]:
     path relative to the root. Symlinks are followed, symlinked folders are never
     walked twice (no loops), hidden files and folders (names starting with '.') are
     skipped, and unreadable folders are skipped. A file given directly is kept only if
-    its extension is a known media one.
+    its extension is a known media one. A root may be a URL (s3://bucket/videos): its
+    objects are listed the same way (location.list_files).
     """
     found: list[MediaFile] = []
     seen: set[tuple[int, int]] = set()
+    seen_urls: set[str] = set()
     for root in roots:
+        if is_url(root):
+            for m in _find_objects(os.fspath(root)):
+                if m.id not in seen_urls:
+                    seen_urls.add(m.id)
+                    found.append(m)
+            continue
+        check_location(root)
         root_path = Path(root).expanduser()
         try:
             st = root_path.stat()
@@ -77,13 +92,28 @@ def find_media(roots: Sequence[str | os.PathLike[str]]) -> list[MediaFile]:
             found.append(
                 MediaFile(
                     id=resolved.as_posix(),
-                    path=resolved,
+                    path=resolved.as_posix(),
                     kind=media_kind(path) or "",
                     size=fst.st_size,
                     mtime_ns=fst.st_mtime_ns,
                 )
             )
     return found
+
+
+def _find_objects(url: str) -> list[MediaFile]:
+    """The media objects under a URL, sorted by their path relative to it."""
+    try:
+        listed = list_files(url)
+    except FileNotFoundError:
+        raise FastslowError(f"{url}: no such object or folder: check the URL") from None
+    except OSError as exc:
+        raise FastslowError(f"{url}: cannot list it ({exc}): check the URL and the credentials") from None
+    return [
+        MediaFile(id=u, path=u, kind=media_kind(rel) or "", size=size, mtime_ns=mtime)
+        for rel, u, size, mtime in sorted(listed)
+        if media_kind(rel)
+    ]
 
 
 def _walk(root: Path, root_key: tuple[int, int]) -> list[tuple[str, Path, os.stat_result]]:

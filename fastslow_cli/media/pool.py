@@ -28,6 +28,7 @@ from types import TracebackType
 
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.media.discover import MediaFile
+from fastslow_cli.media.location import clear_scratch
 from fastslow_cli.media.decode import Decoded, MediaError, decode, decode_with_thumbnails
 
 DecodeFn = Callable[[MediaFile, int, int, str], Decoded]
@@ -370,6 +371,8 @@ class DecodePool:
             w.proc.kill()
             w.proc.join(timeout=5)
         code = w.proc.exitcode
+        if w.proc.pid is not None:
+            clear_scratch(w.proc.pid)  # objects it was fetching when it crashed or was killed
         w.conn.close()
         w.alive.close()
         if code is not None:

@@ -40,7 +40,6 @@ stat per result), so a caller can say so; `fastslow index update` removes it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from dataclasses import asdict, dataclass
@@ -52,6 +51,7 @@ import numpy as np
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.eval.calibration import Calibration
 from fastslow_cli.index.folder import SearchIndex
+from fastslow_cli.media.location import known_gone
 
 if TYPE_CHECKING:
     from fastslow_cli.search.heatmap import HeatMap
@@ -284,7 +284,7 @@ class Searcher:
                     fast_score=float(fast_scores[rank]),
                     slow_score=slow_scores[rank],
                     timestamp=self.index.best_timestamp(label, qvec) if kind == "video" else None,
-                    missing=not os.path.exists(items["path"][label]),
+                    missing=known_gone(items["path"][label]),
                     relevance=None if calibration is None else float(calibration(raw)),
                     fast_rank=int(order[rank]) + 1,
                 )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.media.location import is_url
 
 KEY_PATTERN = r"^[0-9a-f]{20}$"
 
@@ -61,6 +62,11 @@ class ItemTable:
     def media_path(self, item: Item, update_hint: str = "fastslow index update") -> Path:
         """The file to send for `item`, or `MediaRefused` (404 when gone, 403 when no longer the indexed file)."""
         path = item.path
+        if is_url(path):
+            raise MediaRefused(
+                f"item {item_key(item.id)} is an object at a URL, not a local file: the server plays local files "
+                "only (its thumbnails and heat maps are served from the feature set)", 404,
+            )
         if not os.path.lexists(path):
             raise MediaRefused(
                 f"the media file of item {item_key(item.id)} is gone since the index was built: run "
