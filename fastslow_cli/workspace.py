@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.media.location import is_url
 from fastslow_cli.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 
 if TYPE_CHECKING:
@@ -100,6 +101,11 @@ class Workspace:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         raw = root if root not in (None, "") else os.environ.get(ENV_VAR) or DEFAULT_DIR
+        if is_url(raw):
+            raise UsageError(
+                f"workspace {os.fspath(raw)}: a workspace is a folder, not a URL (its feature sets and indexes need "
+                "file locks and atomic renames): pass a local or mounted folder; media may be URLs (docs/SCALE.md)"
+            )
         path = Path(raw).expanduser()
         if path.exists() and not path.is_dir():
             raise UsageError(f"workspace {path} is a file, not a folder: pass --workspace DIR")

@@ -61,6 +61,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | bytes | 
         return Ran(code, streams[0].getvalue().decode(), streams[1].getvalue().decode())
 
 
+def file_url(path: Path) -> str:
+    """`path` as a file:// URL: read through pyarrow.fs like s3:// (media/location.py), not as a path."""
+    return "file://" + path.resolve().as_posix()
+
+
 CLIP_FRAMES = 24
 CLIP_FPS = 12
 CLIP_SIZE = 64
@@ -325,15 +330,16 @@ class IndexKit:
         return [(f"item{i:03d}.{'mp4' if i % 3 == 2 else 'png'}", 3 + i % 6 if i % 3 == 2 else 1)
                 for i in range(first, first + count)]
 
-    def add_rows(self, store: FeatureStore, media: Path, specs: list[tuple[str, int]], seed: int) -> None:
-        """Append one part of random float16 rows, touching each item's media file."""
+    def add_rows(self, store: FeatureStore, media: Path, specs: list[tuple[str, int]], seed: int, urls: bool = False) -> None:
+        """Append one part of random float16 rows, touching each item's media file (recorded
+        as its file:// URL with `urls`, as an extract from a URL would)."""
         rng = np.random.default_rng(seed)
         rows = []
         for item_id, frames in specs:
             path = media / item_id
             path.write_bytes(item_id.encode())
             rows.append(FeatureRow(
-                id=item_id, path=str(path), kind="image" if frames == 1 else "video", frames=frames,
+                id=item_id, path=file_url(path) if urls else str(path), kind="image" if frames == 1 else "video", frames=frames,
                 timestamps=[0.25 + 0.5 * t for t in range(frames)], size=path.stat().st_size,
                 mtime_ns=path.stat().st_mtime_ns, content_hash=f"hash-{item_id}",
                 levels=[rng.standard_normal((frames, *shape)).astype(np.float16) for shape in self.shapes],
@@ -358,13 +364,14 @@ class IndexKit:
             ]
         )
 
-    def make_store(self, root: Path, count: int = 36, seed: int = 0) -> FeatureStore:
-        """A feature set of `count` items (images and 3..8-frame videos) with existing media files."""
+    def make_store(self, root: Path, count: int = 36, seed: int = 0, urls: bool = False) -> FeatureStore:
+        """A feature set of `count` items (images and 3..8-frame videos) with existing media files
+        (at file:// URLs with `urls`)."""
         store = FeatureStore(root / "features" / "test")
         store.ensure({"name": "test-backbone"}, self.shapes, 8)
         media = root / "media"
         media.mkdir(parents=True, exist_ok=True)
-        self.add_rows(store, media, self.item_specs(count), seed)
+        self.add_rows(store, media, self.item_specs(count), seed, urls)
         return store
 
     def make_models(self, store: FeatureStore, seed: int = 0, fast_hash: str = "fast-a",

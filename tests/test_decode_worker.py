@@ -13,10 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from conftest import file_url
+from fastslow_cli.media import location
 from fastslow_cli.media.pool import DecodePool, DecodeResult
 from fastslow_cli.errors import UsageError
 from fastslow_cli.media.discover import MediaFile, find_media
@@ -61,6 +64,15 @@ def hang_and_tell(item: MediaFile, size: int, frames: int, decoder: str) -> Deco
         Path(item.path).with_suffix(f".{os.getpid()}.pid").write_text("")
         time.sleep(120)
     return decode(item, size, frames, decoder)
+
+
+def fetch_then_crash(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
+    """On *crash* objects: fetches the local copy, notes where it is, then dies (SIGSEGV)."""
+    with location.local_copy(item.path) as copy:
+        if "crash" in item.name:
+            Path(item.path.removeprefix("file://") + ".copy").write_text(copy)
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return decode(item, size, frames, decoder)
 
 
 def noisy(item: MediaFile, size: int, frames: int, decoder: str) -> Decoded:
@@ -144,6 +156,16 @@ def test_crash_in_every_decoder_is_an_error_and_the_run_goes_on(tmp_path, good_m
     assert crash.attempts == ["decord: crashed (signal SIGSEGV)", "av: crashed (signal SIGSEGV)"]
     assert abort.error == "decoder crashed (SIGABRT)"
     assert _ok(fine1) and _ok(fine2)
+
+
+def test_a_crash_while_decoding_an_object_leaves_no_copy(tmp_path, good_media):
+    items = _copies(good_media["clip"], tmp_path, ["a_crash.mp4", "b_fine.mp4"])
+    objects = [replace(m, id=file_url(Path(m.path)), path=file_url(Path(m.path))) for m in items]
+    with DecodePool(size=16, frames=2, decoder="av", workers=1, decode_fn=fetch_then_crash) as pool:
+        crashed, fine = pool.imap(objects)
+    assert crashed.error == "decoder crashed (SIGSEGV)" and _ok(fine)
+    copy = Path((tmp_path / "a_crash.mp4.copy").read_text())
+    assert copy.parent.name.startswith("fastslow-fetch-") and not copy.parent.exists()  # cleared by the pool
 
 
 def test_decoder_choice_is_respected(tmp_path, good_media):

@@ -10,10 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import file_url, run_cli
 
 from fastslow_cli.features.extract import ExtractOptions, run_extract
 from fastslow_cli.store.parquet import FeatureStore
@@ -274,3 +277,60 @@ def test_content_decides_the_kind_not_the_extension(tmp_path: Path, good_media: 
     table = FeatureStore(tmp_path / "ws" / "features" / "default").load([_id(src / "clip.jpg"), _id(src / "still.mp4")])
     assert table.kinds == ["video", "image"]
     assert table.frames.tolist() == [4, 1]
+
+
+def test_a_url_root_gives_the_features_of_its_path(media_dir: Path, tmp_path: Path) -> None:
+    """The same media read as file:// objects (through pyarrow.fs, fetched by each decoder):
+    the same rows bit for bit, thumbnails and failures, under URL ids."""
+    by_path = _extract([media_dir], tmp_path / "a", frames=4)
+    by_url = run_extract([file_url(media_dir)], Workspace(tmp_path / "b"), ExtractOptions(frames=4))
+    a, b = (FeatureStore(tmp_path / w / "features" / "default") for w in ("a", "b"))
+    assert (by_url.found, by_url.extracted) == (by_path.found, by_path.extracted) and by_path.extracted >= 10
+    ea, eb = a.entries(), b.entries()
+    assert sorted(eb) == sorted("file://" + i for i in ea)  # café clip ü.mp4 included, as written
+    assert all(e.path == e.id for e in eb.values())
+    for item_id, entry in ea.items():
+        other = eb["file://" + item_id]
+        assert (other.kind, other.frames, other.size, other.mtime_ns, other.content_hash) == (
+            entry.kind, entry.frames, entry.size, entry.mtime_ns, entry.content_hash)
+    ta, tb = a.load(sorted(ea)), b.load(["file://" + i for i in sorted(ea)])
+    for la, lb in zip(ta.levels, tb.levels):
+        assert la.tobytes() == lb.tobytes()
+    assert ta.timestamps == tb.timestamps
+    assert sorted(p.read_bytes() for p in (a.directory / "thumbs").rglob("*.jpg")) == sorted(
+        p.read_bytes() for p in (b.directory / "thumbs").rglob("*.jpg"))
+    reasons = lambda store: sorted((Path(e["path"]).name, e["reason"]) for e in store.errors())  # noqa: E731
+    assert reasons(b) == [(n, r.replace("file not found", "object not found")) for n, r in reasons(a)]
+
+
+def test_url_items_resume_reuse_renames_and_drop_deletes(tmp_path: Path, good_media: dict) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for name, key in {"a.png": "png", "sub/c.jpg": "jpeg", "clip.mp4": "short_clip"}.items():
+        shutil.copy(good_media[key], src / name)
+    ws = tmp_path / "ws"
+
+    def run() -> Any:
+        return run_extract([file_url(src)], Workspace(ws), ExtractOptions())
+
+    first = run()
+    assert (first.extracted, first.skipped_existing) == (3, 0)
+    assert (run().extracted, run().skipped_existing) == (0, 3)
+    (src / "a.png").rename(src / "b.png")
+    (src / "sub" / "c.jpg").unlink()
+    third = run()
+    assert (third.extracted, third.reused, third.removed, third.skipped_existing) == (0, 1, 2, 1)
+    assert sorted(FeatureStore(ws / "features" / "default").entries()) == [
+        file_url(src / "b.png"), file_url(src / "clip.mp4")]
+
+
+def test_cli_extract_takes_urls_and_refuses_a_url_workspace(tmp_path: Path, good_media: dict) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(good_media["png"], src / "a.png")
+    out = run_cli("extract", file_url(src), "-w", str(tmp_path / "ws"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["extracted"] == 1
+    refused = run_cli("extract", str(src), "-w", "s3://bucket/ws")
+    assert refused.returncode == 2 and "a workspace is a folder, not a URL" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

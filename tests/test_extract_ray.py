@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
+from conftest import file_url, run_cli
 from fastslow_cli.errors import FastslowError
 from fastslow_cli.features import extract_ray
 from fastslow_cli.features.extract import ExtractOptions, run_extract
@@ -88,6 +88,19 @@ def test_ray_writes_the_same_set_as_local(ray_local: Any, media_dir: Path, local
     assert summary.extracted == len(FeatureStore(local_set).entries()) > 8  # more than one Ray task
     assert len(summary.failed) == len(FeatureStore(local_set).errors()) > 0  # the broken files, as locally
     assert_same_set(local_set, _set_dir(tmp_path / "ws"))
+
+
+def test_ray_actors_fetch_urls_as_the_local_engine_does(ray_local: Any, good_media: dict, tmp_path: Path) -> None:
+    """Each actor's decoder fetches its objects itself (no mount): the same set as locally."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for key in ("png", "jpeg", "clip", "unicode_clip"):
+        shutil.copy(good_media[key], src / good_media[key].name)
+    local = _extract([file_url(src)], tmp_path / "local", frames=4)
+    ray = _extract([file_url(src)], tmp_path / "ray", frames=4, engine="ray", workers=2)
+    assert ray.extracted == local.extracted == 4
+    assert_same_set(_set_dir(tmp_path / "local"), _set_dir(tmp_path / "ray"))
+    assert all(i.startswith("file://") for i in FeatureStore(_set_dir(tmp_path / "ray")).entries())
 
 
 def test_interrupted_ray_run_resumes(ray_local: Any, media_dir: Path, local_set: Path, tmp_path: Path) -> None:
@@ -181,7 +194,7 @@ def test_cli_ray_extract_json_is_clean(good_media: dict, tmp_path: Path) -> None
     [
         (["--gpus-per-worker", "1"], "--gpus-per-worker needs --engine ray"),
         (["--address", "auto"], "--address needs --engine ray"),
-        (["--engine", "ray", "s3://bucket/media"], "mount the bucket"),
+        (["--engine", "ray", "s3:/bucket/media"], "did you mean the URL s3://bucket/media"),
     ],
 )
 def test_usage_errors_need_no_ray(args: list[str], message: str, tmp_path: Path) -> None:

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import file_url as url
+
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.media import location
 from fastslow_cli.media.decode import MediaError, decode
 from fastslow_cli.media.discover import MediaFile, find_media
-
-
-def url(path: Path) -> str:
-    return "file://" + path.resolve().as_posix()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import run_cli
+from conftest import file_url, run_cli
 from hypothesis import HealthCheck, Phase, given, settings
 from PIL import Image
 from schemathesis.checks import not_a_server_error
@@ -35,6 +35,7 @@ from fastslow_cli.index.hnsw import AnnParams
 from fastslow_cli.models.checkpoint import save_model
 from fastslow_cli.search.retrievers import load_native
 from fastslow_cli.serve.app import create_app
+from fastslow_cli.serve.fetched import FetchedMedia
 from fastslow_cli.serve.items import item_key
 from fastslow_cli.store.thumbs import ThumbnailFiles, entry_key
 from fastslow_cli.workspace import Workspace
@@ -179,6 +180,34 @@ def test_media_is_the_indexed_file_with_ranges(client: TestClient, searcher) -> 
     part = client.get(f"/api/items/{key}/media", headers={"Range": "bytes=2-5"})
     assert part.status_code == 206 and part.content == path.read_bytes()[2:6]
     assert part.headers["content-range"] == f"bytes 2-5/{path.stat().st_size}"
+
+
+def test_items_at_urls_are_indexed_and_played_from_a_fetched_copy(index_kit, tmp_path: Path) -> None:
+    """An index of objects (file:// URLs, as after `extract s3://...`): every item is indexed (no
+    object is checked one by one), results name the URLs, and the media route fetches the object
+    once, then serves ranges from its copy; a deleted object is a 404 saying what to run."""
+    root = tmp_path / "ws"
+    store = index_kit.make_store(root, count=6, urls=True)
+    features = {"fingerprint": store.fingerprint(), "set": "test"}
+    for retriever in index_kit.make_models(store):
+        save_model(root / "models" / retriever.kind, retriever.model, retriever.tokenizer, features)
+    fast, slow = (load_native(root / "models" / kind, kind, "cpu") for kind in ("fast", "slow"))
+    build_index(store, root / "index" / "default", fast, slow, AnnParams(M=8, ef_construction=32, ef_search=32))
+    searcher = Workspace(root).searcher(device="cpu")
+    client = TestClient(create_app(searcher), raise_server_exceptions=False)
+    rows = client.get("/api/search", params={"q": "a dog", "k": 6}).json()["results"]
+    assert len(rows) == 6 and all(r["path"].startswith("file://") and not r["missing"] for r in rows)
+    video = next(r for r in rows if r["kind"] == "video")
+    source = Path(video["path"].removeprefix("file://"))
+    whole = client.get(video["media_url"])
+    assert whole.status_code == 200 and whole.content == source.read_bytes()
+    source.write_bytes(b"changed after the first fetch")  # ranges come from the copy made then
+    part = client.get(video["media_url"], headers={"Range": "bytes=1-3"})
+    assert part.status_code == 206 and part.content == whole.content[1:4]
+    image = next(r for r in rows if r["kind"] == "image")
+    Path(image["path"].removeprefix("file://")).unlink()
+    gone = client.get(image["media_url"])
+    assert gone.status_code == 404 and "`fastslow extract` over its folder" in error_of(gone)
 
 
 @pytest.mark.parametrize(
@@ -521,3 +550,18 @@ def test_api_fuzzed_from_its_openapi_spec(searcher, mode: GenerationMode) -> Non
                                            response_schema_conformance])
 
         fuzz()
+
+
+def test_fetched_copies_are_dropped_least_recently_used_first(tmp_path: Path) -> None:
+    fetched = FetchedMedia(max_bytes=7)
+    urls = {}
+    for name in "abc":
+        (tmp_path / f"{name}.mp4").write_bytes(name.encode() * 3)
+        urls[name] = file_url(tmp_path / f"{name}.mp4")
+    a, b = fetched.get("a", urls["a"]), fetched.get("b", urls["b"])
+    assert fetched.get("a", urls["a"]) == a  # a hit, and now the most recent
+    c = fetched.get("c", urls["c"])  # 9 bytes > 7: b goes
+    assert a.read_bytes() == b"aaa" and c.read_bytes() == b"ccc" and not b.exists()
+    with pytest.raises(FileNotFoundError):
+        fetched.get("d", file_url(tmp_path / "d.mp4"))
+    assert sorted(p.name for p in a.parent.iterdir()) == ["a.mp4", "c.mp4"]  # no partial copy left

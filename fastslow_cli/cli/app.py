@@ -42,7 +42,7 @@ models_app = typer.Typer(help="Manage trained models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 WorkspaceOpt = Annotated[
-    Optional[Path],
+    Optional[str],
     typer.Option(
         "--workspace",
         "-w",
@@ -114,7 +114,7 @@ def _emit_json(obj: dict[str, Any]) -> None:
         sys.stdout.flush()
 
 
-def _workspace(option: Path | None, models: bool = True) -> Any:
+def _workspace(option: str | None, models: bool = True) -> Any:
     """The workspace of `--workspace`; for commands that run models, every core for torch."""
     from fastslow_cli.workspace import Workspace
 
@@ -279,7 +279,7 @@ def distill(
     ))
 
 
-def _fit(workspace: Path | None, json_out: bool, run: Callable[[Any, Any], Any]) -> None:
+def _fit(workspace: str | None, json_out: bool, run: Callable[[Any, Any], Any]) -> None:
     """Run a training step (`train`, `distill`) with its progress on stderr; the summary as JSON on request."""
     from fastslow_cli.cli.progress import Events
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
-from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.errors import FastslowError, UsageError, one_line
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -94,7 +94,7 @@ def _filesystem(scheme: str, prefix: str) -> tuple[pyarrow.fs.FileSystem, str]:
     except pa.ArrowInvalid:  # a scheme pyarrow does not know: try fsspec
         fs, path = _fsspec(scheme, root)
     except (OSError, pa.ArrowException) as exc:
-        raise FastslowError(f"{root}: cannot open its filesystem ({_first_line(exc)}): check the URL and the credentials") from None
+        raise FastslowError(f"{root}: cannot open its filesystem ({one_line(exc)}): check the URL and the credentials") from None
     return fs, path.rstrip("/")
 
 
@@ -110,13 +110,8 @@ def _fsspec(scheme: str, example: str) -> tuple[pyarrow.fs.FileSystem, str]:
     try:
         fs, path = fsspec.core.url_to_fs(example)
     except (ImportError, ValueError) as exc:
-        raise UsageError(f"{example}: no filesystem for {scheme}:// ({_first_line(exc)}): install the fsspec package for it") from None
+        raise UsageError(f"{example}: no filesystem for {scheme}:// ({one_line(exc)}): install the fsspec package for it") from None
     return PyFileSystem(FSSpecHandler(fs)), path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def stat(location: str) -> tuple[int, int]:
@@ -211,7 +206,8 @@ def local_copy(location: str) -> Iterator[str]:
                 out.write(chunk)
         yield name
     finally:
-        try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
+        for leftover in (lambda: os.unlink(name), lambda: os.rmdir(folder)):  # the folder once empty
+            try:
+                leftover()
+            except OSError:
+                pass

@@ -235,9 +235,10 @@ def create_app(searcher: Searcher, token: str | None = None) -> FastAPI:
     @app.get("/api/items/{key}/media", response_class=FileResponse, responses={
         200: {"content": {"image/*": {}, "video/*": {}, "application/octet-stream": {}}, "description": "the file"},
         206: {"content": {"image/*": {}, "video/*": {}, "application/octet-stream": {}}, "description": "a byte range"},
-        **_errors(400, 401, 403, 404)})
+        **_errors(400, 401, 403, 404, 502)})
     def media(key: Key) -> FileResponse:
-        """The indexed file itself, with HTTP range requests (a browser seeks in a video)."""
+        """The indexed file itself, with HTTP range requests (a browser seeks in a video); an
+        object at a URL is fetched first (502 when its store cannot be reached)."""
         item = item_of(key)
         try:
             path = items.media_path(item, update_hint)

@@ -4,7 +4,9 @@ URLs never carry file paths: each indexed item gets a stable key (a hash of its 
 key that is not in the index is unknown. A key's file is served only when it is still the
 file that was indexed: the stored path (a resolved absolute path, as `extract` records it)
 must still resolve to itself, so a symlink put at an indexed path since indexing (pointing
-anywhere, e.g. outside the indexed folders) is refused, and it must be a regular file.
+anywhere, e.g. outside the indexed folders) is refused, and it must be a regular file. An
+item at a URL (s3://...) is fetched into the server's own temporary folder and sent from there
+(serve/fetched.py).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastslow_cli.errors import FastslowError
+from fastslow_cli.errors import FastslowError, one_line
 from fastslow_cli.media.location import is_url
+from fastslow_cli.serve.fetched import FetchedMedia
 
 KEY_PATTERN = r"^[0-9a-f]{20}$"
 
@@ -52,6 +55,7 @@ class ItemTable:
             item = Item(label, item_id, items["path"][label], items["kind"][label], tuple(items["timestamps"][label] or ()))
             self.by_key[item_key(item_id)] = item
             self.by_id[item_id] = item
+        self._fetched: FetchedMedia | None = None  # made on the first item at a URL
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -63,10 +67,7 @@ class ItemTable:
         """The file to send for `item`, or `MediaRefused` (404 when gone, 403 when no longer the indexed file)."""
         path = item.path
         if is_url(path):
-            raise MediaRefused(
-                f"item {item_key(item.id)} is an object at a URL, not a local file: the server plays local files "
-                "only (its thumbnails and heat maps are served from the feature set)", 404,
-            )
+            return self._fetch(item, update_hint)
         if not os.path.lexists(path):
             raise MediaRefused(
                 f"the media file of item {item_key(item.id)} is gone since the index was built: run "
@@ -80,3 +81,17 @@ class ItemTable:
         if not os.path.isfile(path):
             raise MediaRefused(f"the media path of item {item_key(item.id)} is no longer a regular file: not served", 403)
         return Path(path)
+
+    def _fetch(self, item: Item, update_hint: str) -> Path:
+        """A local copy of an item that is an object at a URL (serve/fetched.py)."""
+        if self._fetched is None:
+            self._fetched = FetchedMedia()
+        try:
+            return self._fetched.get(item_key(item.id), item.path)
+        except FileNotFoundError:
+            raise MediaRefused(
+                f"the media object of item {item_key(item.id)} is gone since the index was built: run "
+                f"`fastslow extract` over its folder, then `{update_hint}`", 404,
+            ) from None
+        except (OSError, FastslowError) as exc:
+            raise MediaRefused(f"could not fetch the media object of item {item_key(item.id)}: {one_line(exc)}", 502) from None

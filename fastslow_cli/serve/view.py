@@ -17,7 +17,6 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from fastslow_cli.media.location import is_url
 from fastslow_cli.serve.items import Item, ItemTable, item_key
 
 if TYPE_CHECKING:
@@ -52,9 +51,7 @@ class ServerLinks:
     def thumb(self, item: Item, frame: int) -> str:
         return self.url(f"/api/items/{item_key(item.id)}/thumb", frame=frame)
 
-    def media(self, item: Item) -> str | None:
-        if is_url(item.path):
-            return None  # not played: the server reads media from local disk only (items.media_path)
+    def media(self, item: Item) -> str:
         return self.url(f"/api/items/{item_key(item.id)}/media")
 
     def heatmap(self, item: Item, query: str, frame: int) -> str:
