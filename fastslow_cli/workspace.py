@@ -197,18 +197,20 @@ class Workspace:
         engine: str = "local",
         address: str | None = None,
         gpus_per_worker: float = 0.0,
+        publish: str | None = None,
         progress: Progress | None = None,
     ) -> ExtractSummary:
         """Decode the media under `paths`, run the backbone, store the features (resumable)
         and, with `thumbnails`, a small JPEG per image and sampled frame (store/thumbs.py).
         `engine="ray"` decodes on Ray Data actors (`address`: local, auto or ray://HOST:PORT;
-        `workers` actors, `gpus_per_worker` GPUs each); the feature set is the same."""
+        `workers` actors, `gpus_per_worker` GPUs each); the feature set is the same. `publish`:
+        a URL to copy the set's Parquet dataset to afterwards (store/published.py)."""
         from fastslow_cli.features.extract import ExtractOptions, run_extract
 
         options = ExtractOptions(
             set_name=set, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
             decoder=decoder, workers=workers, timeout=timeout, device=device, thumbnails=thumbnails,
-            engine=engine, address=address, gpus_per_worker=gpus_per_worker,
+            engine=engine, address=address, gpus_per_worker=gpus_per_worker, publish=publish,
         )
         return run_extract([os.fspath(p) for p in paths], self, options, progress=progress)
 
@@ -398,6 +400,7 @@ class Workspace:
         address: str | None = None,
         workers: int | None = None,
         gpus_per_worker: float | None = None,
+        features_url: str | None = None,
     ) -> IndexSummary:
         """Encode every stored item with the Fast model (+ Slow memory) and write the HNSW index.
 
@@ -405,7 +408,8 @@ class Workspace:
         `memory` is how the Slow memory is stored ("f16" or "int8", default int8: index/memory.py);
         `shards` > 1 writes a sharded index (index/shards.py). `engine` "ray" encodes the items
         on `workers` Ray actors (default 2) with `gpus_per_worker` GPUs each, on the Ray
-        `address` reaches (default: a private local Ray; index/encode_ray.py).
+        `address` reaches (default: a private local Ray; index/encode_ray.py); with `features_url`
+        the actors read the set's published copy there (`extract --publish`), not its folder.
         """
         from fastslow_cli.atomic import check_writable
         from fastslow_cli.index.folder import build_index
@@ -415,7 +419,7 @@ class Workspace:
 
         memory = check_dtype(memory or DEFAULT_DTYPE)
         check_shards(shards)
-        encoder = _index_encoder(engine, address, workers, gpus_per_worker)
+        encoder = _index_encoder(engine, address, workers, gpus_per_worker, features_url)
         store = self.store(set, progress)
         store.manifest()  # a clear error when the set does not exist
         directory = self.index_dir(name)
@@ -441,7 +445,8 @@ class Workspace:
 
     def update_index(self, name: str | None = None, *, set: str | None = None, device: str = "auto",  # noqa: A002
                      progress: Progress | None = None, engine: str = "local", address: str | None = None,
-                     workers: int | None = None, gpus_per_worker: float | None = None) -> IndexSummary:
+                     workers: int | None = None, gpus_per_worker: float | None = None,
+                     features_url: str | None = None) -> IndexSummary:
         """Bring an index in line with its feature set (default: the one it was built from):
         new items added, changed ones re-encoded, deleted ones removed; the rest is copied.
         `engine` and the Ray options as for `build_index`."""
@@ -449,7 +454,7 @@ class Workspace:
         from fastslow_cli.index.folder import SearchIndex, update_index
         from fastslow_cli.store.parquet import FeatureStore
 
-        encoder = _index_encoder(engine, address, workers, gpus_per_worker)
+        encoder = _index_encoder(engine, address, workers, gpus_per_worker, features_url)
         name = name or self.default_index()
         directory = self.index_dir(name)
         index = SearchIndex.open(directory)
@@ -588,14 +593,17 @@ def _index_thumbnails(store: FeatureStore, progress: Progress | None) -> None:
         _emit(progress, "note", message=f"thumbnails not checked: {exc}")
 
 
-def _index_encoder(engine: str, address: str | None, workers: int | None, gpus_per_worker: float | None) -> Encoder:
+def _index_encoder(
+    engine: str, address: str | None, workers: int | None, gpus_per_worker: float | None, features_url: str | None = None
+) -> Encoder:
     """Where `build_index` encodes the items: this process, or Ray actors (checked before any
     model is loaded; the Ray-only options are refused with the local engine)."""
     from fastslow_cli.index.folder import local_encoder
 
     if engine == "local":
-        given = [flag for flag, value in (("--address", address), ("--workers", workers), ("--gpus-per-worker", gpus_per_worker))
-                 if value is not None]
+        flags = (("--address", address), ("--workers", workers), ("--gpus-per-worker", gpus_per_worker),
+                 ("--features-url", features_url))
+        given = [flag for flag, value in flags if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: only for --engine ray (add --engine ray, or leave {'them' if len(given) > 1 else 'it'} out)")
         return local_encoder
@@ -603,9 +611,13 @@ def _index_encoder(engine: str, address: str | None, workers: int | None, gpus_p
         raise UsageError(f"unknown --engine {engine!r}: use local or ray")
     from fastslow_cli.index.encode_ray import DEFAULT_WORKERS, RayEncoder
     from fastslow_cli.ray_cluster import check_address, import_ray
+    from fastslow_cli.store.published import check_url
 
     import_ray()  # not installed: one line now, before the models load
-    return RayEncoder(check_address(address), DEFAULT_WORKERS if workers is None else workers, gpus_per_worker or 0.0)
+    return RayEncoder(
+        check_address(address), DEFAULT_WORKERS if workers is None else workers, gpus_per_worker or 0.0,
+        None if features_url is None else check_url(features_url),
+    )
 
 
 def _check_fingerprint(store: FeatureStore, fingerprint: str, identity: dict[str, Any], what: str) -> None:

@@ -21,16 +21,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import file_url
 from test_index_cli import save_models
 from test_pipeline import cli
 
 from fastslow_cli.errors import FastslowError
-from fastslow_cli.index.encode_ray import MIN_CHUNK, RayEncoder, _describe, chunk_size
+from fastslow_cli.index.encode_ray import MIN_CHUNK, RayEncoder, _check_published, _describe, chunk_size
 from fastslow_cli.index.folder import CHUNK, SearchIndex, build_index
 from fastslow_cli.index.shards import ShardedIndex
 from fastslow_cli.search.retrievers import load_native
 from fastslow_cli.search.searcher import Searcher
 from fastslow_cli.store.parquet import FeatureStore
+from fastslow_cli.store.published import publish
 from fastslow_cli.workspace import Workspace
 
 pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("one_torch_thread")]
@@ -99,6 +101,21 @@ def test_ray_index_equals_local_index(ws: Path, ray_local: Any) -> None:
     advances = [e["n"] for e in events if e.get("event") == "advance" and e.get("stage") == "index ray"]
     assert advances == [16, 16, 4]  # progress counts the chunks as they come back
     assert_same_index(ws, "local", "ray")
+
+
+def test_ray_index_from_the_published_copy_equals_local(ws: Path, ray_local: Any, tmp_path: Path) -> None:
+    """Actors read the set from its URL copy (workers without the workspace); a stale copy is refused."""
+    store = FeatureStore(ws / "features" / "default")
+    url = file_url(tmp_path / "bucket" / "default")
+    publish(store, url)
+    summary = Workspace(ws).build_index(name="ray-url", device="cpu", engine="ray", features_url=url)
+    assert summary.items == ITEMS
+    assert_same_index(ws, "local", "ray-url")
+    shutil.copytree(store.directory, tmp_path / "changed")  # the set changes after publishing:
+    changed = FeatureStore(tmp_path / "changed")
+    changed.compact(["item001.png"])
+    with pytest.raises(FastslowError, match="is not feature set changed as it is now: publish it again"):
+        _check_published(changed, url)
 
 
 def _broken_fast_model(index_kit, ws: Path, folder: Path) -> None:
@@ -187,7 +204,7 @@ def test_ray_update_equals_local_update(
 
 def test_cli_usage_errors_and_resources(ws: Path, ray_local: Any) -> None:
     for args, flag in ((["--workers", "2"], "--workers"), (["--address", "auto"], "--address"),
-                       (["--gpus-per-worker", "1"], "--gpus-per-worker")):
+                       (["--gpus-per-worker", "1"], "--gpus-per-worker"), (["--features-url", "s3://b/f"], "--features-url")):
         for command in (["index", "build", "--name", "never"], ["index", "update", "--name", "local"]):
             out = cli(ws, *command, *args)
             assert out.returncode == 2 and flag in out.stderr and "--engine ray" in out.stderr

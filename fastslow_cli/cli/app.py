@@ -178,13 +178,22 @@ def extract(
     gpus_per_worker: Annotated[
         float, typer.Option(min=0.0, help="With --engine ray: GPUs each actor claims (its backbone then runs on CUDA).")
     ] = 0.0,
+    publish: Annotated[
+        Optional[str],
+        typer.Option(
+            help="After the run, copy the set's Parquet dataset to this URL (s3://bucket/features/SET): only new "
+            "parts are uploaded. Ray workers elsewhere read it with `index build --features-url`.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Decode media, run the visual backbone and append features to the Parquet store.
 
     Resumable: items already stored (same path, size and mtime) are skipped; renamed files
-    reuse their features. With --engine ray the same feature set is written (media must be
-    at the same path on every Ray node). Exit 0 = all stored, 3 = some files failed (listed
+    reuse their features. PATH may be a URL (s3://, gs://, hdfs://, file://): objects are
+    listed and fetched through pyarrow. With --engine ray the same feature set is written
+    (local media must be at the same path on every Ray node; URLs need no mount). Exit 0 = all stored, 3 = some files failed (listed
     in features/SET/errors.jsonl), 1 = failure, 2 = bad usage.
     """
     from fastslow_cli.cli.progress import Events
@@ -195,7 +204,7 @@ def extract(
         summary = ws.extract(
             paths, set_name, backbone=backbone, frames=frames, size=size, batch_size=batch_size,
             decoder=decoder.value, workers=workers, timeout=timeout, device=device, thumbnails=thumbnails,
-            engine=engine.value, address=address, gpus_per_worker=gpus_per_worker, progress=events,
+            engine=engine.value, address=address, gpus_per_worker=gpus_per_worker, publish=publish, progress=events,
         )
     if json_out:
         _emit_json(summary.to_json())
@@ -356,6 +365,11 @@ AddressOpt = Annotated[
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", min=1, help="--engine ray: encoding actors (default 2).", show_default=False)
 ]
+FeaturesUrlOpt = Annotated[
+    Optional[str],
+    typer.Option("--features-url", help="--engine ray: the actors read the feature set's copy published at this URL "
+                 "(`extract --publish`), for workers that do not mount the workspace.", show_default=False),
+]
 GpusPerWorkerOpt = Annotated[
     Optional[float],
     typer.Option("--gpus-per-worker", min=0, help="--engine ray: GPUs per actor (above 0: the actors encode on cuda).",
@@ -382,6 +396,7 @@ def index_build(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
+    features_url: FeaturesUrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build the HNSW index from stored features and a Fast model (+ cached Slow memory)."""
@@ -392,7 +407,7 @@ def index_build(
         report = ws.build_index(
             model, slow, set=set_name, name=name, M=m, ef_construction=ef_construction, ef=ef, device=device,
             progress=events, memory=memory.value, shards=shards, engine=engine.value, address=address,
-            workers=workers, gpus_per_worker=gpus_per_worker,
+            workers=workers, gpus_per_worker=gpus_per_worker, features_url=features_url,
         )
     _say(
         f"index '{report.index}': {report.items} items in {report.seconds:.1f} s"
@@ -415,6 +430,7 @@ def index_update(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
+    features_url: FeaturesUrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Bring an index in line with its feature set: add new items, re-encode changed ones, drop deleted ones."""
@@ -423,7 +439,7 @@ def index_update(
     ws = _workspace(workspace)
     with Events() as events:
         report = ws.update_index(name, set=set_name, device=device, progress=events, engine=engine.value, address=address,
-                                 workers=workers, gpus_per_worker=gpus_per_worker)
+                                 workers=workers, gpus_per_worker=gpus_per_worker, features_url=features_url)
     _say(f"index '{report.index}': added {report.added}, updated {report.updated}, removed {report.removed}")
     if json_out:
         _emit_json(report.to_json())

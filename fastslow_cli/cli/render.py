@@ -32,6 +32,12 @@ def render_extract_summary(summary: ExtractSummary) -> None:
     table.add_row("failed", f"[red]{len(summary.failed)}[/]" if summary.failed else "0")
     table.add_row("seconds", f"{summary.seconds:.1f}")
     err_console.print(table)
+    if summary.published is not None:
+        p = summary.published
+        err_console.print(
+            f"published to {p.url}: {p.uploaded} of {p.parts} part(s) uploaded ({p.bytes / 1e6:.1f} MB), {p.deleted} deleted",
+            markup=False, highlight=False, soft_wrap=True,
+        )
     if not summary.found:
         from fastslow_cli.media.discover import IMAGE_EXTS, VIDEO_EXTS
 

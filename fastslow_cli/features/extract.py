@@ -33,6 +33,7 @@ from fastslow_cli.media.discover import MediaFile, find_media
 from fastslow_cli.media.location import is_folder, is_url, known_gone, open_input
 from fastslow_cli.media.location import stat as location_stat
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore, StoreEntry
+from fastslow_cli.store.published import PublishSummary, check_url, publish
 from fastslow_cli.store.thumbs import ThumbnailFiles, entry_key, thumb_key
 from fastslow_cli.workspace import Workspace
 
@@ -59,6 +60,7 @@ class ExtractOptions:
     engine: str = "local"  # "local": decoder processes here; "ray": Ray Data actors (extract_ray.py)
     address: str | None = None  # ray: local (a private Ray on this machine), auto or ray://HOST:PORT
     gpus_per_worker: float = 0.0  # ray: GPUs each actor claims (its backbone then runs on CUDA)
+    publish: str | None = None  # a URL to copy the set's Parquet dataset to after the run (store/published.py)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class ExtractSummary:
     seconds: float = 0.0
     store_dir: str = ""
     dataset: str = ""  # the folder of Parquet parts any reader opens
+    published: PublishSummary | None = None  # with `publish`: what was copied there
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class ExtractSummary:
             "seconds": round(self.seconds, 3),
             "store": self.store_dir,
             "dataset": self.dataset,
+            "published": None if self.published is None else self.published.to_json(),
         }
 
 
@@ -256,6 +260,8 @@ def check_engine(options: ExtractOptions) -> None:
             raise UsageError("--address needs --engine ray (the local engine runs on this machine)")
     if options.gpus_per_worker < 0:
         raise UsageError(f"--gpus-per-worker must be 0 or more, got {options.gpus_per_worker:g}")
+    if options.publish is not None:
+        check_url(options.publish)
 
 
 def _roots(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -309,6 +315,8 @@ def run_extract(
             summary.thumbnailed = fill_thumbnails(
                 store, {m.id for m in items}, options.decoder, options.workers, options.timeout, emit
             )
+        if options.publish is not None:
+            summary.published = publish(store, options.publish, emit)
     summary.seconds = time.perf_counter() - started
     return summary
 

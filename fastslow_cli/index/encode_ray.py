@@ -35,7 +35,9 @@ import numpy as np
 from fastslow_cli.errors import FastslowError, UsageError, one_line
 from fastslow_cli.index.folder import CHUNK, IndexChunk, encode_table
 from fastslow_cli.ray_cluster import ACTOR_CPUS, map_on_actors, ray_session
+from fastslow_cli.media.location import is_url
 from fastslow_cli.store.parquet import FeatureStore, StoreEntry
+from fastslow_cli.store.published import PublishedFeatures
 
 if TYPE_CHECKING:
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
@@ -80,7 +82,7 @@ class EncodeActor:
         try:
             from fastslow_cli.search.retrievers import load_fast, load_slow
 
-            self.store = FeatureStore(Path(store_dir))
+            self.store = PublishedFeatures(store_dir) if is_url(store_dir) else FeatureStore(Path(store_dir))
             if self.store.fingerprint() != fingerprint:
                 raise FastslowError(
                     f"the feature set at {store_dir} is not the one the driver reads (another fingerprint): "
@@ -102,6 +104,20 @@ class EncodeActor:
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             message = exc.args[0] if isinstance(exc, FastslowError) and exc.args else _describe(exc)
             return {"seq": seq, "chunk": [b""], "error": [f"{self.where}: {message}"]}
+
+
+def _check_published(store: FeatureStore, url: str) -> str:
+    """`url` when the copy published there is the set as it is now (the same parts, each of the
+    same size and mtime), else one line saying to publish again: workers must not encode old rows."""
+    copy = PublishedFeatures(url)
+    copy.manifest()
+    live = {part.name: [part.stat().st_size, part.stat().st_mtime_ns] for part in store.parts()}
+    if copy.fingerprint() != store.fingerprint() or copy.published_files() != live:
+        raise FastslowError(
+            f"the copy at {url} is not feature set {store.directory.name} as it is now: publish it again "
+            f"(`fastslow extract ... --set {store.directory.name} --publish {url}`), then build"
+        )
+    return url
 
 
 def _checked(retriever: Any, ref: ModelRef, kind: str) -> Any:
@@ -130,6 +146,7 @@ class RayEncoder:
     address: str | None = None
     workers: int = DEFAULT_WORKERS
     gpus_per_worker: float = 0.0
+    features_url: str | None = None  # the actors read the set's published copy there (store/published.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -152,9 +169,10 @@ class RayEncoder:
         if not tasks:
             yield [iter(()) for _ in groups]
             return
+        source = str(store.directory.resolve()) if self.features_url is None else _check_published(store, self.features_url)
         with ray_session(self.address) as ray:
             self._check_resources(ray)
-            dataset = self._dataset(ray, store, tasks, entries, refs)
+            dataset = self._dataset(ray, store, source, tasks, entries, refs)
             results = _results(ray, dataset, tasks)
             try:
                 yield _split(results, len(groups))
@@ -180,8 +198,8 @@ class RayEncoder:
             )
 
     def _dataset(
-        self, ray: Any, store: FeatureStore, tasks: list[tuple[int, list[str]]], entries: Mapping[str, StoreEntry],
-        refs: tuple[ModelRef, ModelRef | None],
+        self, ray: Any, store: FeatureStore, source: str, tasks: list[tuple[int, list[str]]],
+        entries: Mapping[str, StoreEntry], refs: tuple[ModelRef, ModelRef | None],
     ) -> Any:
         items = [
             {"seq": k, "task": pickle.dumps((ids, [entries[i] for i in ids]), protocol=pickle.HIGHEST_PROTOCOL)}
@@ -194,7 +212,7 @@ class RayEncoder:
             EncodeActor,
             workers=self.workers,
             gpus_per_worker=self.gpus_per_worker,
-            fn_constructor_args=(str(store.directory.resolve()), store.fingerprint(), *refs, device),
+            fn_constructor_args=(source, store.fingerprint(), *refs, device),
             batch_size=1,
         )
         dataset.context.execution_options.preserve_order = True

@@ -181,6 +181,7 @@ class FeatureStore:
         self._meta_cache: dict[tuple[str, int, int], tuple[dict[str, Any], list[str]]] = {}
         self._where_cache: tuple[tuple[tuple[str, int, int], ...], dict[str, tuple[int, int]]] | None = None
         self._lock_depth = 0
+        self._filesystem: Any = None  # pyarrow filesystem the parts are read through (None: local)
 
     # ---- layout -------------------------------------------------------------------
     @property
@@ -389,14 +390,14 @@ class FeatureStore:
     # ---- reading ----------------------------------------------------------------------
     def _read(self, part: Path, columns: list[str]) -> pa.Table:
         with _reading(part):
-            return pq.read_table(part, columns=columns)
+            return pq.read_table(part, columns=columns, filesystem=self._filesystem)
 
     def _read_rows(self, part: Path, columns: list[str], pairs: list[tuple[int, int]]) -> tuple[pa.Table, list[tuple[int, int]]]:
         """`columns` of only the row groups that hold the wanted rows, and the (pos, row) pairs
         renumbered to rows of that table: loading a chunk of a set (an index build loads it
         2,048 ids at a time) reads about the chunk's row groups, not every part it touches whole."""
         with _reading(part):
-            parquet = pq.ParquetFile(part)
+            parquet = pq.ParquetFile(part, filesystem=self._filesystem)
             starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
             group_of = np.searchsorted(starts, [row for _, row in pairs], side="right") - 1
             groups = sorted(set(group_of.tolist()))
@@ -406,11 +407,11 @@ class FeatureStore:
 
     def _part_info(self, part: Path) -> tuple[dict[str, Any], list[str]]:
         """(fastslow metadata, names of the parts it replaces), cached per part."""
-        key = _file_key(part)
+        key = self._part_key(part)
         info = self._meta_cache.get(key)
         if info is None:
             try:
-                raw = pq.read_schema(part).metadata or {}
+                raw = pq.read_schema(part, filesystem=self._filesystem).metadata or {}
                 info = (json.loads(raw[METADATA_KEY]), json.loads(raw.get(REPLACES_KEY, b"[]")))
             except FileNotFoundError:
                 raise _vanished(part) from None
@@ -422,12 +423,16 @@ class FeatureStore:
             self._meta_cache[key] = info
         return info
 
+    def _part_key(self, part: Path) -> tuple[str, int, int]:
+        """What identifies a part's bytes (name, mtime, size): the key of the per-part caches."""
+        return _file_key(part)
+
     def _part_meta(self, part: Path) -> dict[str, Any]:
         return self._part_info(part)[0]
 
     def _light(self, part: Path) -> pa.Table:
         """Every column but the features, cached per part."""
-        key = _file_key(part)  # a deleted and rewritten number is a new part
+        key = self._part_key(part)  # a deleted and rewritten number is a new part
         table = self._light_cache.get(key)
         if table is None:
             table = self._read(part, [*LIGHT_COLUMNS, "timestamps"])
@@ -437,7 +442,7 @@ class FeatureStore:
     def _where(self, parts: list[Path], lights: list[pa.Table]) -> dict[str, tuple[int, int]]:
         """`_winners` of these parts, kept while the parts stay the same: an index build loads
         the set a chunk at a time and would otherwise map every id again for each chunk."""
-        key = tuple(_file_key(part) for part in parts)
+        key = tuple(self._part_key(part) for part in parts)
         if self._where_cache is None or self._where_cache[0] != key:
             self._where_cache = (key, _winners(lights))
         return self._where_cache[1]
@@ -674,15 +679,20 @@ class FeatureStore:
         """Every logged error, oldest first; a torn last line (crash mid-write) is skipped."""
         if not self.errors_path.exists():
             return []
-        out = []
-        for line in self.errors_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-        return out
+        return parse_errors(self.errors_path.read_text(encoding="utf-8"))
+
+
+def parse_errors(text: str) -> list[dict[str, Any]]:
+    """The records of an errors file's text; a torn last line (crash mid-write) is skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def _numbered(folder: Path) -> list[Path]:
