@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import file_url
+
 from fastslow_cli.data.captioned_set import CaptionedSet, captioned_set, hold_out_val
 from fastslow_cli.errors import FastslowError, UsageError
 from fastslow_cli.store.parquet import FeatureRow, FeatureStore
@@ -18,8 +20,9 @@ from fastslow_cli.store.parquet import FeatureRow, FeatureStore
 SHAPES = [(2, 2, 3)]
 
 
-def _store(tmp_path: Path, *media: Path) -> FeatureStore:
-    """A tiny feature set of the media files (created empty); ids unlike paths, as matching must not use them."""
+def _store(tmp_path: Path, *media: Path, urls: bool = False) -> FeatureStore:
+    """A tiny feature set of the media files (created empty); ids unlike paths, as matching must not use them.
+    With `urls` the items are recorded at their file:// URLs, as an extract from a URL does."""
     store = FeatureStore(tmp_path / "ws" / "features" / "default")
     store.ensure({"name": "test"}, SHAPES, 4)
     rows = []
@@ -29,7 +32,7 @@ def _store(tmp_path: Path, *media: Path) -> FeatureStore:
         video = path.suffix == ".mp4"
         frames = 4 if video else 1
         rows.append(FeatureRow(
-            id=f"item-{n}", path=os.path.realpath(path), kind="video" if video else "image", frames=frames,
+            id=f"item-{n}", path=file_url(path) if urls else os.path.realpath(path), kind="video" if video else "image", frames=frames,
             timestamps=[float(t) for t in range(frames)], size=0, mtime_ns=0, content_hash=str(n),
             levels=[np.full((frames, *SHAPES[0]), n, np.float16)],
         ))
@@ -63,6 +66,20 @@ def test_karpathy_file_apart_from_its_images_matches_with_a_media_root(tmp_path:
     assert data.provenance() == {"captions": [str(karpathy)], "media_root": str(tmp_path / "photos")}
     with pytest.raises(FastslowError):  # without it, the paths resolve next to the file: nothing matches
         captioned_set(store, karpathy, ("train", "val"))
+
+
+def test_items_extracted_from_a_url_match_with_that_url_as_media_root(tmp_path: Path) -> None:
+    images = tmp_path / "bucket" / "flickr30k-images"
+    store = _store(tmp_path, images / "1000.jpg", images / "sub" / "1001.jpg", urls=True)
+    captions = _write(tmp_path / "captions.json", [
+        {"media": "flickr30k-images/1000.jpg", "caption": "a dog runs", "split": "train"},
+        {"media": "1001.jpg", "caption": "a cat sleeps", "split": "train"},  # found by its name under the root
+    ])
+    data = captioned_set(store, captions, ("train",), media_root=file_url(tmp_path / "bucket"))
+    assert _captions(data, "train") == [("a dog runs", "1000.jpg"), ("a cat sleeps", "1001.jpg")]
+    assert data.table.paths == [file_url(images / "1000.jpg"), file_url(images / "sub" / "1001.jpg")]
+    with pytest.raises(FastslowError, match="no such folder"):
+        captioned_set(store, captions, ("train",), media_root=file_url(tmp_path / "nowhere"))
 
 
 def test_two_vatex_files_combined_each_with_the_split_of_its_name(tmp_path: Path) -> None:

@@ -224,10 +224,11 @@ CaptionsOpt = Annotated[
     ),
 ]
 MediaRootOpt = Annotated[
-    Optional[Path],
+    Optional[str],
     typer.Option(
         "--media-root",
-        help="Folder the captions' media paths are relative to, when not the captions file's folder.",
+        help="Folder (or URL, for media extracted from one) the captions' media paths are relative to, when not "
+        "the captions file's folder.",
         metavar="DIR",
         show_default=False,
     ),

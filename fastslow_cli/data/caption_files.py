@@ -37,6 +37,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from fastslow_cli.errors import FastslowError
+from fastslow_cli.media.location import as_path, is_folder, is_url
 
 SPLIT_ALIASES = {
     "restval": "train",
@@ -101,6 +102,10 @@ def load_captions(path: str | os.PathLike[str], media_root: str | os.PathLike[st
 
 
 def _media_root(folder: str | os.PathLike[str]) -> Path:
+    if is_url(folder):  # media extracted from a URL: paired in the items' path form (location.as_path)
+        if not is_folder(os.fspath(folder)):
+            raise FastslowError(f"media root {os.fspath(folder)}: no such folder; pass --media-root the URL of the extracted folder")
+        return Path(as_path(os.fspath(folder)))
     given = Path(folder).expanduser()
     if not given.is_dir():
         problem = "is not a folder" if given.exists() else "not found"

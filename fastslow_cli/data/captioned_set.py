@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastslow_cli.data.caption_files import Caption, load_captions, match_captions, nearest_item, written_path
 from fastslow_cli.errors import FastslowError, UsageError
+from fastslow_cli.media.location import as_path, is_url
 from fastslow_cli.store.parquet import FeatureStore, FeatureTable
 
 Pair = tuple[str, int]  # (caption, row of its item in `table`)
@@ -80,7 +81,7 @@ def captioned_set(
             f"{label} has no caption of split(s) {', '.join(splits)} (it has: {present}); "
             "choose one of those splits (eval: --split) or add the missing one to the file"
         )
-    items = {i: e.path for i, e in store.entries().items()}
+    items = {i: as_path(e.path) if is_url(e.path) else e.path for i, e in store.entries().items()}
     seen: set[tuple[str, str, str]] = set()
     wanted: list[tuple[Caption, str]] = []
     unmatched: list[Caption] = []

@@ -114,6 +114,13 @@ def _fsspec(scheme: str, example: str) -> tuple[pyarrow.fs.FileSystem, str]:
     return PyFileSystem(FSSpecHandler(fs)), path
 
 
+def as_path(url: str) -> str:
+    """A URL as an absolute path whose first folder is its scheme and host (s3://b/k/x.jpg ->
+    /s3:b/k/x.jpg): lets path logic (roots, relative parts, names) pair captions with objects."""
+    parts = urlsplit(url)
+    return f"/{parts.scheme}:{parts.netloc}/{parts.path.lstrip('/')}".rstrip("/")
+
+
 def stat(location: str) -> tuple[int, int]:
     """(size, mtime_ns) of a file or object; FileNotFoundError when there is none."""
     if not is_url(location):
