@@ -565,3 +565,19 @@ def test_fetched_copies_are_dropped_least_recently_used_first(tmp_path: Path) ->
     with pytest.raises(FileNotFoundError):
         fetched.get("d", file_url(tmp_path / "d.mp4"))
     assert sorted(p.name for p in a.parent.iterdir()) == ["a.mp4", "c.mp4"]  # no partial copy left
+
+
+def test_sigterm_stops_the_server_like_ctrl_c(ws: Path) -> None:
+    """What a service manager sends: exit 0 and `stopped` (and its temporary files deleted), not killed."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastslow_cli", "serve", "-w", str(ws), "--port", "0", "--device", "cpu"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        assert proc.stderr.readline().startswith("serving http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "stopped\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -64,10 +65,18 @@ def run_server(app: Any, host: str, port: int, say: Callable[[str], None]) -> No
             say(f"serving http://{shown}:{bound}/")
         await task
 
+    # uvicorn shuts down on SIGTERM, then raises it again with the handler it found: make that
+    # handler end like Ctrl-C (exit 0, "stopped", temporary files deleted), not kill the process.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on: for a server, that is the way to stop
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
     say("stopped")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
