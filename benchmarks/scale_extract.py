@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 
 FEW = 8  # files in the fixed-cost runs: one Ray task
-ENGINES = [("local", 2), ("ray", 1), ("ray", 2)]
+# (engine, workers, input): the media as a path, or as a file:// URL (listed, hashed and fetched
+# through pyarrow.fs, as s3:// would be: what reading objects costs beyond the decode).
+ENGINES = [("local", 2, "path"), ("ray", 1, "path"), ("ray", 2, "path"), ("local", 2, "url"), ("ray", 2, "url")]
+URL_PREFIX = "file://"
 MANIFEST_TIMES = ("created", "updated", "parts")
 
 
@@ -45,8 +48,9 @@ def make_media(folder: Path, items: int | None) -> Path:
     return folder
 
 
-def set_contents(set_dir: Path) -> dict[str, Any]:
-    """What a feature set holds, in a form `==` compares exactly (see the module docstring)."""
+def set_contents(set_dir: Path, prefix: str = "") -> dict[str, Any]:
+    """What a feature set holds, in a form `==` compares exactly (see the module docstring);
+    `prefix` (file://) is taken off ids and paths, to compare a set read from URLs with one read from paths."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -55,6 +59,8 @@ def set_contents(set_dir: Path) -> dict[str, Any]:
     parts = sorted((set_dir / "parts").glob("part-*.parquet"))
     table = pq.ParquetDataset(parts).read().sort_by("id")
     rows: dict[str, Any] = {n: table.column(n).to_pylist() for n in table.column_names if not n.startswith("level_")}
+    for n in ("id", "path"):
+        rows[n] = [v.removeprefix(prefix) for v in rows[n]]
     for n in (n for n in table.column_names if n.startswith("level_")):
         flat = pc.list_flatten(table.column(n))
         rows[n] = np.concatenate([c.to_numpy(zero_copy_only=False) for c in flat.chunks]).view(np.uint16).tobytes()
@@ -65,7 +71,7 @@ def set_contents(set_dir: Path) -> dict[str, Any]:
         "schema": {_schema(part) for part in parts},  # every part has the same one
         "manifest": manifest,
         "thumbs": {p.relative_to(set_dir).as_posix(): p.read_bytes() for p in (set_dir / "thumbs").rglob("*") if p.is_file()},
-        "errors": sorted((e["id"], e["reason"], tuple(e["attempts"])) for e in FeatureStore(set_dir).errors()),
+        "errors": sorted((e["id"].removeprefix(prefix), e["reason"], tuple(e["attempts"])) for e in FeatureStore(set_dir).errors()),
     }
 
 
@@ -80,9 +86,9 @@ def _schema(part: Path) -> tuple[str, tuple[tuple[bytes, bytes], ...]]:
     return schema.remove_metadata().to_string(), tuple(sorted((k, v) for k, v in (schema.metadata or {}).items() if k != REPLACES_KEY))
 
 
-def differences(a: Path, b: Path) -> list[str]:
-    """The parts of two feature sets that differ (empty: identical)."""
-    one, two = set_contents(a), set_contents(b)
+def differences(a: Path, b: Path, prefix: str = "") -> list[str]:
+    """The parts of two feature sets that differ (empty: identical); `prefix` as for `set_contents` of `b`."""
+    one, two = set_contents(a), set_contents(b, prefix)
     out = [f"rows.{k}" for k in one["rows"] if one["rows"][k] != two["rows"].get(k)]
     return out + [k for k in ("schema", "manifest", "thumbs", "errors") if one[k] != two[k]]
 
@@ -135,9 +141,10 @@ def driver_cost(set_dir: Path, scratch: Path, flush: int = 64) -> dict[str, floa
     return per_item
 
 
-def _extract(media: Path, ws: Path, engine: str, workers: int) -> dict[str, Any]:
+def _extract(media: Path, ws: Path, engine: str, workers: int, url: bool = False) -> dict[str, Any]:
     """One `fastslow extract` process; its summary and wall time (process start included)."""
-    cmd = [sys.executable, "-m", "fastslow_cli", "extract", str(media), "-w", str(ws), "--engine", engine,
+    source = URL_PREFIX + media.resolve().as_posix() if url else str(media)
+    cmd = [sys.executable, "-m", "fastslow_cli", "extract", source, "-w", str(ws), "--engine", engine,
            "--workers", str(workers), "--json"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                    os.environ.get("PYTHONPATH")]))}
@@ -161,25 +168,25 @@ def run_extract_rows(work: Path, items: int | None) -> dict[str, Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(p, target)
     rows, sets = [], {}
-    for engine, workers in ENGINES:
-        name = f"{engine}-w{workers}"
-        small = _extract(few, work / f"ws-few-{name}", engine, workers)
-        big = _extract(media, work / f"ws-{name}", engine, workers)
+    for engine, workers, source in ENGINES:
+        name = f"{engine}-w{workers}-{source}"
+        small = _extract(few, work / f"ws-few-{name}", engine, workers, source == "url")
+        big = _extract(media, work / f"ws-{name}", engine, workers, source == "url")
         sets[name] = work / f"ws-{name}" / "features" / "default"
         per_item = (big["wall_s"] - small["wall_s"]) / max(len(files) - FEW, 1)
         row = {
-            "engine": engine, "workers": workers, "items": len(files), **big,
+            "engine": engine, "workers": workers, "input": source, "items": len(files), **big,
             "items_per_s": round(big["extracted"] / big["wall_s"], 1),
             "fixed_s": small["wall_s"], "per_item_ms": round(1000 * per_item, 2),
             "items_per_s_after_start": round(1 / per_item, 1) if per_item > 0 else None,
         }
-        if engine == "ray":
-            diff = differences(sets["local-w2"], sets[name])
+        if name != "local-w2-path":
+            diff = differences(sets["local-w2-path"], sets[name], URL_PREFIX if source == "url" else "")
             row["identical_to_local"] = not diff
             row["differences"] = diff
         rows.append(row)
         print(json.dumps(row), flush=True)
-    driver = driver_cost(sets["local-w2"], work / "driver")
+    driver = driver_cost(sets["local-w2-path"], work / "driver")
     print(json.dumps({"driver_per_item": driver}), flush=True)
     return {"driver_per_item": driver, "media": {"files": len(files), "images": sum(p.suffix == ".png" for p in files),
                       "clips": sum(p.suffix == ".mp4" for p in files), "full_demo": items is None},
@@ -201,14 +208,19 @@ def to_markdown(extract: dict[str, Any]) -> list[str]:
         "compacted part replaced: bookkeeping that depends on when rows were appended), same manifest but for its times and part "
         "list, same thumbnail files byte for byte, same errors.",
         "",
-        "| engine | workers | files | wall s | items/s | fixed s | per item ms | items/s after start | identical to local |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "Input `url`: the same files given as a `file://` URL, so they are listed, hashed and fetched (each "
+        "decoder copies its file to a scratch folder) through pyarrow.fs as objects at s3:// would be; their set "
+        "is compared with the local one with `file://` taken off ids and paths.",
+        "",
+        "| engine | workers | input | files | wall s | items/s | fixed s | per item ms | items/s after start | identical to local |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in extract["rows"]:
-        same = "-" if r["engine"] == "local" else ("yes" if r["identical_to_local"] else f"NO: {', '.join(r['differences'])}")
+        first = r["engine"] == "local" and r.get("input", "path") == "path"
+        same = "-" if first else ("yes" if r["identical_to_local"] else f"NO: {', '.join(r['differences'])}")
         after = "-" if r["items_per_s_after_start"] is None else f"{r['items_per_s_after_start']:.0f}"
         lines.append(
-            f"| {r['engine']} | {r['workers']} | {r['items']:,} | {r['wall_s']:.1f} | {r['items_per_s']:.0f} | "
+            f"| {r['engine']} | {r['workers']} | {r.get('input', 'path')} | {r['items']:,} | {r['wall_s']:.1f} | {r['items_per_s']:.0f} | "
             f"{r['fixed_s']:.1f} | {r['per_item_ms']:.2f} | {after} | {same} |"
         )
     d = extract.get("driver_per_item")
