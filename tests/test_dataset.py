@@ -80,6 +80,10 @@ def test_items_extracted_from_a_url_match_with_that_url_as_media_root(tmp_path: 
     assert data.table.paths == [file_url(images / "1000.jpg"), file_url(images / "sub" / "1001.jpg")]
     with pytest.raises(FastslowError, match="no such folder"):
         captioned_set(store, captions, ("train",), media_root=file_url(tmp_path / "nowhere"))
+    with pytest.raises(FastslowError) as without:  # the captions file's folder is not the URL's
+        captioned_set(store, captions, ("train",))
+    assert f"the set has {file_url(images / '1000.jpg')}" in str(without.value)
+    assert f"pass --media-root {file_url(tmp_path / 'bucket')} " in str(without.value)
 
 
 def test_two_vatex_files_combined_each_with_the_split_of_its_name(tmp_path: Path) -> None:

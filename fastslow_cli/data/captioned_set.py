@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastslow_cli.data.caption_files import Caption, load_captions, match_captions, nearest_item, written_path
 from fastslow_cli.errors import FastslowError, UsageError
-from fastslow_cli.media.location import as_path, is_url
+from fastslow_cli.media.location import as_path, from_path, is_url
 from fastslow_cli.store.parquet import FeatureStore, FeatureTable
 
 Pair = tuple[str, int]  # (caption, row of its item in `table`)
@@ -137,14 +137,16 @@ def _no_match(
             f"extract the media it names first (`fastslow extract DIR --set {store.directory.name}`)"
         )
     cap, same, root = nearest_item(unmatched, items.values())
+    urls = any(is_url(e.path) for e in store.entries().values())  # items' paths are then URLs in path form
+    shown = from_path if urls else str
     if same is None:
-        has = f"the set has no file named {cap.media.name!r}, e.g. it has {min(items.values())}"
+        has = f"the set has no file named {cap.media.name!r}, e.g. it has {shown(min(items.values()))}"
     else:
-        has = f"the set has {same}"
+        has = f"the set has {shown(same)}"
     if not written_path(cap):
         fix = "correct the media paths in the captions"
     else:
-        fix = f"pass --media-root {root or 'DIR'} (the folder the media paths are relative to)"
+        fix = f"pass --media-root {shown(str(root)) if root else 'DIR'} (the folder the media paths are relative to)"
     media = len({c.media for c in unmatched})
     return FastslowError(
         f"none of the {media:,} media path(s) of split(s) {asked} in {label} match an item of {store.directory} "

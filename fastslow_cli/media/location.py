@@ -121,6 +121,13 @@ def as_path(url: str) -> str:
     return f"/{parts.scheme}:{parts.netloc}/{parts.path.lstrip('/')}".rstrip("/")
 
 
+def from_path(path: str) -> str:
+    """The URL that `as_path` gave `path` (or a folder above it) for."""
+    head, _, rest = path.lstrip("/").partition("/")
+    scheme, _, host = head.partition(":")
+    return f"{scheme}://{host}/{rest}".rstrip("/")
+
+
 def stat(location: str) -> tuple[int, int]:
     """(size, mtime_ns) of a file or object; FileNotFoundError when there is none."""
     if not is_url(location):
