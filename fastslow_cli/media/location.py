@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     import pyarrow.fs
 
 # Two letters at least before "://", so a Windows drive (C:\) is a path. `s3:/b/k` is what a
-# shell or Path() makes of s3://b/k: caught by `folded_url` to say so.
+# shell or Path() makes of s3://b/k: `check_location` says so.
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 _FOLDED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 _COPY_CHUNK = 1 << 20
@@ -70,15 +71,17 @@ def remote(url: str) -> Remote:
     The path is taken as written (no percent-decoding), as object stores name their keys."""
     parts = urlsplit(url)
     prefix = f"{parts.scheme}://{parts.netloc}"
-    found = _FILESYSTEMS.get(prefix.lower())
-    if found is None:
-        found = _FILESYSTEMS[prefix.lower()] = _filesystem(parts.scheme.lower(), prefix)
+    with _FILESYSTEMS_LOCK:  # the driver hashes objects from several threads
+        found = _FILESYSTEMS.get(prefix.lower())
+        if found is None:
+            found = _FILESYSTEMS[prefix.lower()] = _filesystem(parts.scheme.lower(), prefix)
     fs, base = found
     own = parts.path.rstrip("/")
     return Remote(fs, (base + own) if (base or own) else "/", prefix, base)
 
 
 _FILESYSTEMS: dict[str, tuple[pyarrow.fs.FileSystem, str]] = {}
+_FILESYSTEMS_LOCK = threading.Lock()
 
 
 def _filesystem(scheme: str, prefix: str) -> tuple[pyarrow.fs.FileSystem, str]:
