@@ -40,3 +40,14 @@ def test_a_dropped_stage_leaves_no_bar(capsys) -> None:
         events({"event": "advance", "stage": "thumbnails main", "n": 2})
     out, err = capsys.readouterr()
     assert out == "" and "index main" not in err and "thumbnails main" in err
+
+
+def test_a_stage_names_its_unit() -> None:
+    from rich.progress import Task
+
+    from fastslow_cli.cli.console import RateColumn
+
+    column = RateColumn("items")
+    parts = Task(0, "publish s", 2, 2, _get_time=lambda: 1.0, finished_speed=4.0, fields={"unit": "parts"})
+    rows = Task(1, "extract s", 2, 2, _get_time=lambda: 1.0, finished_speed=4.0, fields={})
+    assert column.render(parts).plain == "4.0 parts/s" and column.render(rows).plain == "4.0 items/s"

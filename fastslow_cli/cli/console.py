@@ -46,7 +46,7 @@ def make_progress(*extra_columns: object, transient: bool = False) -> Progress:
 
 
 class RateColumn(ProgressColumn):
-    """Completed units per second, e.g. `12.3 items/s`."""
+    """Completed units per second, e.g. `12.3 items/s` (a task's own `unit` field wins)."""
 
     def __init__(self, unit: str = "it") -> None:
         super().__init__()
@@ -54,4 +54,5 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="progress.data.speed")
+        unit = task.fields.get("unit", self.unit)
+        return Text("" if speed is None else f"{speed:.1f} {unit}/s", style="progress.data.speed")

@@ -58,7 +58,9 @@ class Events:
             if self._bar is None:
                 self._bar = make_progress(RateColumn("items"))
                 self._bar.start()
-            self._tasks[event["stage"]] = self._bar.add_task(event["stage"], total=event.get("total"))
+            self._tasks[event["stage"]] = self._bar.add_task(
+                event["stage"], total=event.get("total"), unit=event.get("unit", "items")
+            )
         elif kind == "advance" and self._bar is not None and event["stage"] in self._tasks:
             self._bar.advance(self._tasks[event["stage"]], event.get("n", 1))
         elif kind == "drop" and self._bar is not None and event["stage"] in self._tasks:

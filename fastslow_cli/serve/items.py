@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class ItemTable:
             self.by_key[item_key(item_id)] = item
             self.by_id[item_id] = item
         self._fetched: FetchedMedia | None = None  # made on the first item at a URL
+        self._fetched_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -84,8 +86,9 @@ class ItemTable:
 
     def _fetch(self, item: Item, update_hint: str) -> Path:
         """A local copy of an item that is an object at a URL (serve/fetched.py)."""
-        if self._fetched is None:
-            self._fetched = FetchedMedia()
+        with self._fetched_lock:  # requests run on several threads
+            if self._fetched is None:
+                self._fetched = FetchedMedia()
         try:
             return self._fetched.get(item_key(item.id), item.path)
         except FileNotFoundError:

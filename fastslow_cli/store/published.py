@@ -75,7 +75,7 @@ def publish(store: FeatureStore, url: str, progress: Progress | None = None) -> 
             if there.get(part.name) != st.st_size or before.get(part.name) != files[part.name]:
                 todo.append(part)
         stage = f"publish {store.directory.name}"
-        emit({"event": "start", "stage": stage, "total": len(todo)})
+        emit({"event": "start", "stage": stage, "total": len(todo), "unit": "parts"})
         for part in todo:
             summary.bytes += _upload(fs, part, f"{root}/{PARTS}/{part.name}")
             summary.uploaded += 1
