@@ -193,8 +193,9 @@ def extract(
     Resumable: items already stored (same path, size and mtime) are skipped; renamed files
     reuse their features. PATH may be a URL (s3://, gs://, hdfs://, file://): objects are
     listed and fetched through pyarrow. With --engine ray the same feature set is written
-    (local media must be at the same path on every Ray node; URLs need no mount). Exit 0 = all stored, 3 = some files failed (listed
-    in features/SET/errors.jsonl), 1 = failure, 2 = bad usage.
+    (local media must be at the same path on every Ray node; URLs need no mount).
+    Exit 0 = all stored, 3 = some files failed (listed in features/SET/errors.jsonl),
+    1 = failure, 2 = bad usage.
     """
     from fastslow_cli.cli.progress import Events
     from fastslow_cli.cli.render import render_extract_summary
