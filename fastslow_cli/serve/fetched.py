@@ -2,8 +2,9 @@
 
 A browser plays a video with many range requests; fetching the whole object for each would be
 slow, so the server keeps the objects it fetched in a private temporary folder, the least
-recently used dropped once they pass `max_bytes`, all deleted when the server stops. Only
-indexed items are ever fetched (the caller passes an `Item` from the index's table).
+recently used dropped once they pass `max_bytes`, all deleted when the server stops. A copy
+is used while the object keeps its size and modification time. Only indexed items are ever
+fetched (the caller passes an `Item` from the index's table).
 """
 
 from __future__ import annotations
@@ -24,19 +25,25 @@ class FetchedMedia:
 
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="fastslow-serve-")
-        self._copies: OrderedDict[str, tuple[Path, int]] = OrderedDict()
+        self._copies: OrderedDict[str, tuple[Path, int, tuple[int, int]]] = OrderedDict()  # key -> (file, bytes, version)
         self._lock = threading.Lock()
         self.max_bytes = max_bytes
 
     def get(self, key: str, url: str) -> Path:
-        """A local file with the bytes of `url` (FileNotFoundError when the object is gone).
-        One fetch at a time: the server is for one user, and two requests for one video must
-        not fetch it twice."""
+        """A local file with the bytes `url` has now (FileNotFoundError when the object is gone).
+
+        Each request asks the store for the object's size and modification time (one small
+        request), so an object replaced since it was fetched is fetched again, never served
+        stale. One fetch at a time: the server is for one user, and two requests for one
+        video must not fetch it twice."""
         with self._lock:
-            if key in self._copies:
+            version = location.stat(url)
+            cached = self._copies.get(key)
+            if cached is not None and cached[2] == version:
                 self._copies.move_to_end(key)
-                return self._copies[key][0]
-            target = Path(self._folder.name) / (key + os.path.splitext(url)[1])
+                return cached[0]
+            # A new name per version: a response still sending the old copy keeps its file.
+            target = Path(self._folder.name) / f"{key}-{version[0]}-{version[1]}{os.path.splitext(url)[1]}"
             partial = target.with_name(target.name + ".part")
             try:
                 with location.open_input(url) as src, open(partial, "wb") as out:
@@ -46,13 +53,16 @@ class FetchedMedia:
             except BaseException:
                 partial.unlink(missing_ok=True)
                 raise
-            self._copies[key] = (target, target.stat().st_size)
+            if cached is not None:
+                cached[0].unlink(missing_ok=True)
+            self._copies[key] = (target, target.stat().st_size, version)
+            self._copies.move_to_end(key)
             self._evict()
             return target
 
     def _evict(self) -> None:
-        total = sum(size for _, size in self._copies.values())
+        total = sum(size for _, size, _ in self._copies.values())
         while total > self.max_bytes and len(self._copies) > 1:
-            _, (path, size) = self._copies.popitem(last=False)
+            _, (path, size, _) = self._copies.popitem(last=False)
             path.unlink(missing_ok=True)  # a response still sending it keeps its open file
             total -= size
