@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 # shell or Path() makes of s3://b/k: `check_location` says so.
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 _FOLDED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
-_COPY_CHUNK = 1 << 20
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
@@ -207,6 +206,14 @@ def clear_scratch(pid: int) -> None:
     shutil.rmtree(scratch_dir(pid), ignore_errors=True)
 
 
+def download(url: str, target: str | os.PathLike[str]) -> None:
+    """Copy the object at `url` into the local file `target` (FileNotFoundError when it is gone)."""
+    import pyarrow.fs as pafs
+
+    r = remote(url)
+    pafs.copy_files(r.path, os.fspath(target), source_filesystem=r.fs, destination_filesystem=pafs.LocalFileSystem())
+
+
 @contextmanager
 def local_copy(location: str) -> Iterator[str]:
     """A local file with the bytes of `location`: the path itself for a local file, else a copy
@@ -217,10 +224,9 @@ def local_copy(location: str) -> Iterator[str]:
     folder = scratch_dir()
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(suffix=os.path.splitext(urlsplit(location).path)[1], dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out, open_input(location) as src:
-            while chunk := src.read(_COPY_CHUNK):
-                out.write(chunk)
+        download(location, name)
         yield name
     finally:
         for leftover in (lambda: os.unlink(name), lambda: os.rmdir(folder)):  # the folder once empty

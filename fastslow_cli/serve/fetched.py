@@ -46,9 +46,7 @@ class FetchedMedia:
             target = Path(self._folder.name) / f"{key}-{version[0]}-{version[1]}{os.path.splitext(url)[1]}"
             partial = target.with_name(target.name + ".part")
             try:
-                with location.open_input(url) as src, open(partial, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
+                location.download(url, partial)
                 os.replace(partial, target)
             except BaseException:
                 partial.unlink(missing_ok=True)

@@ -30,7 +30,6 @@ from fastslow_cli.errors import FastslowError, UsageError, one_line
 from fastslow_cli.media.location import is_url, remote
 from fastslow_cli.store.parquet import ERRORS, MANIFEST, PARTS, FeatureStore, parse_errors
 
-_CHUNK = 8 << 20
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -121,9 +120,9 @@ def _read_manifest(fs: Any, root: str) -> dict[str, Any] | None:
 
 def _upload(fs: Any, source: Path, target: str) -> int:
     """Copy a local file to `target`; its size. A part is written in place: nothing lists it yet."""
-    with open(source, "rb") as src, fs.open_output_stream(target) as out:
-        while chunk := src.read(_CHUNK):
-            out.write(chunk)
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     return source.stat().st_size
 
 
