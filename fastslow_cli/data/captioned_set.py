@@ -81,7 +81,9 @@ def captioned_set(
             f"{label} has no caption of split(s) {', '.join(splits)} (it has: {present}); "
             "choose one of those splits (eval: --split) or add the missing one to the file"
         )
-    items = {i: as_path(e.path) if is_url(e.path) else e.path for i, e in store.entries().items()}
+    entries = store.entries()
+    urls = any(is_url(e.path) for e in entries.values())  # items at URLs are paired in path form
+    items = {i: as_path(e.path) if is_url(e.path) else e.path for i, e in entries.items()}
     seen: set[tuple[str, str, str]] = set()
     wanted: list[tuple[Caption, str]] = []
     unmatched: list[Caption] = []
@@ -97,7 +99,7 @@ def captioned_set(
         files.append(CaptionFileReport(str(path), len(caps), len(matched), len(matched) - len(fresh), counts))
     ids = sorted({item for _, item in wanted})
     if not ids:
-        raise _no_match(label, store, items, [c for c in unmatched if c.split in splits], splits)
+        raise _no_match(label, store, items, [c for c in unmatched if c.split in splits], splits, urls)
     row = {item: r for r, item in enumerate(ids)}
     pairs: dict[str, list[Pair]] = {s: [] for s in splits}
     for c, item in wanted:
@@ -127,7 +129,8 @@ def _label(captions: CaptionsPaths) -> str:
 
 
 def _no_match(
-    label: str, store: FeatureStore, items: dict[str, str], unmatched: list[Caption], splits: Sequence[str]
+    label: str, store: FeatureStore, items: dict[str, str], unmatched: list[Caption], splits: Sequence[str],
+    urls: bool,
 ) -> FastslowError:
     """Why no caption of `splits` matched: nothing extracted yet, or paths that differ (with an example)."""
     asked = ", ".join(splits)
@@ -137,8 +140,7 @@ def _no_match(
             f"extract the media it names first (`fastslow extract DIR --set {store.directory.name}`)"
         )
     cap, same, root = nearest_item(unmatched, items.values())
-    urls = any(is_url(e.path) for e in store.entries().values())  # items' paths are then URLs in path form
-    shown = from_path if urls else str
+    shown = from_path if urls else str  # `items` holds URLs in path form: name them as URLs
     if same is None:
         has = f"the set has no file named {cap.media.name!r}, e.g. it has {shown(min(items.values()))}"
     else:

@@ -37,7 +37,7 @@ from fastslow_cli.index.folder import CHUNK, IndexChunk, encode_table
 from fastslow_cli.ray_cluster import ACTOR_CPUS, map_on_actors, ray_session
 from fastslow_cli.media.location import is_url
 from fastslow_cli.store.parquet import FeatureStore, StoreEntry
-from fastslow_cli.store.published import PublishedFeatures
+from fastslow_cli.store.published import PublishedFeatures, part_files
 
 if TYPE_CHECKING:
     from fastslow_cli.search.retrievers import FastRetriever, SlowRetriever
@@ -111,8 +111,7 @@ def _check_published(store: FeatureStore, url: str) -> str:
     same size and mtime), else one line saying to publish again: workers must not encode old rows."""
     copy = PublishedFeatures(url)
     copy.manifest()
-    live = {part.name: [part.stat().st_size, part.stat().st_mtime_ns] for part in store.parts()}
-    if copy.fingerprint() != store.fingerprint() or copy.published_files() != live:
+    if copy.fingerprint() != store.fingerprint() or copy.published_files() != part_files(store.parts()):
         raise FastslowError(
             f"the copy at {url} is not feature set {store.directory.name} as it is now: publish it again "
             f"(`fastslow extract ... --set {store.directory.name} --publish {url}`), then build"

@@ -64,15 +64,10 @@ def publish(store: FeatureStore, url: str, progress: Progress | None = None) -> 
     try:
         fs.create_dir(f"{root}/{PARTS}", recursive=True)  # a folder on a filesystem; nothing on an object store
         there = {Path(info.path).name: info.size for info in _listing(fs, f"{root}/{PARTS}")}
-        files: dict[str, list[int]] = {}
+        files = part_files(parts)
         summary = PublishSummary(url, parts=len(parts))
         before = _published(fs, root)
-        todo = []
-        for part in parts:
-            st = part.stat()
-            files[part.name] = [st.st_size, st.st_mtime_ns]
-            if there.get(part.name) != st.st_size or before.get(part.name) != files[part.name]:
-                todo.append(part)
+        todo = [p for p in parts if there.get(p.name) != files[p.name][0] or before.get(p.name) != files[p.name]]
         stage = f"publish {store.directory.name}"
         emit({"event": "start", "stage": stage, "total": len(todo), "unit": "parts"})
         for part in todo:
@@ -95,6 +90,15 @@ def publish(store: FeatureStore, url: str, progress: Progress | None = None) -> 
             "(the set itself is intact: run the same command again)"
         ) from exc
     return summary
+
+
+def part_files(parts: list[Path]) -> dict[str, list[int]]:
+    """Each local part's [size, mtime_ns] by name: what a published manifest records of it."""
+    out = {}
+    for part in parts:
+        st = part.stat()
+        out[part.name] = [st.st_size, st.st_mtime_ns]
+    return out
 
 
 def _listing(fs: Any, folder: str) -> list[Any]:
