@@ -24,7 +24,7 @@ class FetchedMedia:
     """Objects fetched for serving, by item key, least recently used first."""
 
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self._folder = tempfile.TemporaryDirectory(prefix="fastslow-serve-")
+        self._folder: tempfile.TemporaryDirectory[str] | None = None  # made on the first fetch
         self._copies: OrderedDict[str, tuple[Path, int, tuple[int, int]]] = OrderedDict()  # key -> (file, bytes, version)
         self._lock = threading.Lock()
         self.max_bytes = max_bytes
@@ -42,6 +42,8 @@ class FetchedMedia:
             if cached is not None and cached[2] == version:
                 self._copies.move_to_end(key)
                 return cached[0]
+            if self._folder is None:
+                self._folder = tempfile.TemporaryDirectory(prefix="fastslow-serve-")
             # A new name per version: a response still sending the old copy keeps its file.
             target = Path(self._folder.name) / f"{key}-{version[0]}-{version[1]}{os.path.splitext(url)[1]}"
             partial = target.with_name(target.name + ".part")

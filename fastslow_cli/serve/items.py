@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +55,7 @@ class ItemTable:
             item = Item(label, item_id, items["path"][label], items["kind"][label], tuple(items["timestamps"][label] or ()))
             self.by_key[item_key(item_id)] = item
             self.by_id[item_id] = item
-        self._fetched: FetchedMedia | None = None  # made on the first item at a URL
-        self._fetched_lock = threading.Lock()
+        self._fetched = FetchedMedia()  # copies of items at URLs, its folder made on the first one
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -86,9 +84,6 @@ class ItemTable:
 
     def _fetch(self, item: Item, update_hint: str) -> Path:
         """A local copy of an item that is an object at a URL (serve/fetched.py)."""
-        with self._fetched_lock:  # requests run on several threads
-            if self._fetched is None:
-                self._fetched = FetchedMedia()
         try:
             return self._fetched.get(item_key(item.id), item.path)
         except FileNotFoundError:
