@@ -249,8 +249,8 @@ ENGINES = ("local", "ray")
 
 
 def check_engine(options: ExtractOptions) -> None:
-    """Refuse what the chosen engine cannot do, before any work: Ray-only options with the
-    local engine."""
+    """Refuse bad options before any work: Ray-only options with the local engine, a
+    `publish` target that is not a URL."""
     if options.engine not in ENGINES:
         raise UsageError(f"unknown --engine {options.engine!r}: use local or ray")
     if options.engine == "local":
