@@ -61,6 +61,54 @@ def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | bytes | 
         return Ran(code, streams[0].getvalue().decode(), streams[1].getvalue().decode())
 
 
+# ------------------------------------------------------------------ feature sets compared
+
+MANIFEST_TIMES = ("created", "updated", "parts")  # when and in how many parts: not what is stored
+
+
+def set_contents(set_dir: Path, prefix: str = "") -> dict[str, Any]:
+    """Everything a feature set holds, in a comparable form: the rows sorted by id (every
+    column; the float16 levels as their raw bits), each part's schema and metadata (but the
+    names of the parts a compacted part replaced: they depend on when rows were appended),
+    the manifest (but its times and part list), the thumbnail files' bytes and the errors.
+    `prefix` (file://) is taken off ids and paths: a set read from URLs against one from paths."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from fastslow_cli.store.parquet import REPLACES_KEY
+
+    parts = sorted((set_dir / "parts").glob("part-*.parquet"))
+    table = pq.ParquetDataset(parts).read().sort_by("id")
+    rows = {n: table.column(n).to_pylist() for n in table.column_names if not n.startswith("level_")}
+    for n in ("id", "path"):
+        rows[n] = [v.removeprefix(prefix) for v in rows[n]]
+    for n in (n for n in table.column_names if n.startswith("level_")):
+        flat = pc.list_flatten(table.column(n))
+        rows[n] = np.concatenate([c.to_numpy(zero_copy_only=False) for c in flat.chunks]).view(np.uint16).tobytes()
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    manifest = {k: v for k, v in manifest.items() if k not in MANIFEST_TIMES}
+    manifest["counts"].pop("parts", None)
+    thumbs = {p.relative_to(set_dir).as_posix(): p.read_bytes() for p in (set_dir / "thumbs").rglob("*") if p.is_file()}
+    errors = sorted((e["id"].removeprefix(prefix), e["reason"], tuple(e["attempts"])) for e in FeatureStore(set_dir).errors())
+    schemas = {  # distinct over the parts: each part has the same one
+        (s.remove_metadata().to_string(), tuple(sorted((k, v) for k, v in s.metadata.items() if k != REPLACES_KEY)))
+        for s in (pq.read_schema(part) for part in parts)
+    }
+    return {"rows": rows, "schemas": schemas, "manifest": manifest, "thumbs": thumbs, "errors": errors}
+
+
+def assert_same_set(a: Path, b: Path, prefix: str = "") -> None:
+    """`a` and `b` hold the same (`set_contents`; `prefix` taken off `b`'s ids and paths)."""
+    one, two = set_contents(a), set_contents(b, prefix)
+    assert one["rows"]["id"] == two["rows"]["id"]
+    for name in one["rows"]:
+        assert one["rows"][name] == two["rows"][name], name
+    assert one["schemas"] == two["schemas"] and len(one["schemas"]) == 1
+    assert one["manifest"] == two["manifest"]
+    assert one["thumbs"] == two["thumbs"]
+    assert one["errors"] == two["errors"]
+
+
 def file_url(path: Path) -> str:
     """`path` as a file:// URL: read through pyarrow.fs like s3:// (media/location.py), not as a path."""
     return "file://" + path.resolve().as_posix()

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import file_url, run_cli
+from conftest import assert_same_set, file_url, run_cli
 
 from fastslow_cli.features.extract import ExtractOptions, run_extract
 from fastslow_cli.store.parquet import FeatureStore
@@ -289,18 +289,7 @@ def test_a_url_root_gives_the_features_of_its_path(media_dir: Path, tmp_path: Pa
     ea, eb = a.entries(), b.entries()
     assert sorted(eb) == sorted("file://" + i for i in ea)  # café clip ü.mp4 included, as written
     assert all(e.path == e.id for e in eb.values())
-    for item_id, entry in ea.items():
-        other = eb["file://" + item_id]
-        assert (other.kind, other.frames, other.size, other.mtime_ns, other.content_hash) == (
-            entry.kind, entry.frames, entry.size, entry.mtime_ns, entry.content_hash)
-    ta, tb = a.load(sorted(ea)), b.load(["file://" + i for i in sorted(ea)])
-    for la, lb in zip(ta.levels, tb.levels):
-        assert la.tobytes() == lb.tobytes()
-    assert ta.timestamps == tb.timestamps
-    assert sorted(p.read_bytes() for p in (a.directory / "thumbs").rglob("*.jpg")) == sorted(
-        p.read_bytes() for p in (b.directory / "thumbs").rglob("*.jpg"))
-    reasons = lambda store: sorted((Path(e["path"]).name, e["reason"]) for e in store.errors())  # noqa: E731
-    assert reasons(b) == [(n, r.replace("file not found", "object not found")) for n, r in reasons(a)]
+    assert_same_set(a.directory, b.directory, prefix="file://")  # every column, levels as raw bits, thumbnails, errors
 
 
 def test_url_items_resume_reuse_renames_and_drop_deletes(tmp_path: Path, good_media: dict) -> None:
